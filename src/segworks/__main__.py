@@ -1,0 +1,5 @@
+import sys
+
+from segworks.cli import main
+
+sys.exit(main())

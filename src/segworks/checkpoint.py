@@ -1,0 +1,64 @@
+"""Checkpoints: one dict with the model state and everything needed to predict from it.
+
+Layout (all plain Python types and tensors, loadable with `weights_only=True`):
+    model        state_dict of the bare model (never a DDP/compiled wrapper)
+    model_name   registry key, e.g. "unet"
+    model_kwargs keyword arguments of the registry builder (num_classes included)
+    meta         dict: task, class_names, palette, ignore_index, mean, std
+    config       the resolved training config (dataclasses.asdict)
+    ... training state (optimizer, scheduler, scaler, epoch, step, rng, best) when resumable
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from segworks.errors import DataError
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
+    """Write atomically: a temporary file in the same folder, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint on the CPU; a missing or unreadable file is a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint file not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file
+        raise DataError(path, f"not a readable torch checkpoint ({error})") from error
+    if not isinstance(checkpoint, dict):
+        raise DataError(path, f"expected a dict checkpoint, got {type(checkpoint).__name__}")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>") -> nn.Module:
+    """Rebuild a registered model from a segworks checkpoint and load its weights (eval mode)."""
+    from segworks.models import build_model
+
+    for key in ("model", "model_name", "model_kwargs"):
+        if key not in checkpoint:
+            raise DataError(path, f"not a segworks checkpoint: key {key!r} is missing")
+    model = build_model(checkpoint["model_name"], **checkpoint["model_kwargs"])
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
