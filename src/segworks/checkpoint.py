@@ -11,8 +11,6 @@ Layout (all plain Python types and tensors, loadable with `weights_only=True`):
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +18,13 @@ import torch
 from torch import nn
 
 from segworks.errors import DataError
+from segworks.fileio import atomic_path
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     """Write atomically: a temporary file in the same folder, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -52,7 +41,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>") -> nn.Module:
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], path: str | Path = "<checkpoint>"
+) -> nn.Module:
     """Rebuild a registered model from a segworks checkpoint and load its weights (eval mode)."""
     from segworks.models import build_model
 
