@@ -1,0 +1,221 @@
+"""Evaluate a semantic or binary model on a dataset at the images' original resolution.
+
+`evaluate` runs the model on every image of a dataset (anything with ``len()`` and
+``read(i) -> (PIL RGB image, int64 (H, W) labels with 255 = void)`` at the original size, e.g.
+`segworks.data.SegmentationDataset`), turns the logits into labels at the image's original size
+(the input may be resized with ``size``; logits are resized back, labels never are) and counts
+one dataset-level confusion matrix. Binary models (one logit channel) are scored as the two
+classes {0: background, 1: foreground} with foreground where sigmoid(logit) > ``threshold``.
+
+Absent classes: the numbers follow `segworks.metrics` (its module docstring). A class with no
+ground-truth and no predicted pixel has IoU/Dice NaN and is left out of mIoU and mean Dice
+(nanmean); a class predicted but absent from ground truth scores IoU 0.
+
+Returned dict: everything `segworks.metrics.segmentation_metrics` returns (pixel_accuracy,
+mean_accuracy, miou, fwiou, mean_dice, num_pixels, iou, dice, accuracy, class_names, per_class)
+plus
+    confusion_matrix  nested list [gt][pred] of pixel counts (K x K)
+    num_images        images evaluated
+    per_image         one dict per image, in dataset order: {"index", "name", "image_path",
+                      "miou", "pixel_accuracy", "num_pixels"} (miou NaN when the image has no
+                      counted pixel)
+    settings          the inference options used (JSON-able)
+    samples           (only when ``collect_samples > 0``) the per-image dicts that
+                      `segworks.report.write_report(out_dir, results, *, class_names, palette,
+                      samples)` takes: the ``collect_samples`` worst and the ``collect_samples``
+                      best images by per-image mIoU (images with NaN mIoU are not ranked; an
+                      image is never in both groups), each
+                      {"name": str (file name), "image_path": str | None, "index": int,
+                       "image": PIL RGB image at original size, "gt": np.int64 (H, W) with
+                       255 = ignore, "pred": np.int64 (H, W), "miou": float,
+                       "pixel_accuracy": float, "group": "worst" | "best"},
+                      worst first (ascending mIoU), then best (descending mIoU). Not JSON-able:
+                      drop it before writing JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD, DatasetMeta
+from segworks.errors import DataError
+from segworks.inference import InferenceOptions, Predictor
+from segworks.metrics import ConfusionMatrix, segmentation_metrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EvalDataset", "evaluate"]
+
+
+class EvalDataset(Protocol):
+    def __len__(self) -> int: ...
+
+    def read(self, index: int) -> tuple[Image.Image, np.ndarray]: ...
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: EvalDataset,
+    meta: DatasetMeta | dict,
+    *,
+    device: torch.device | str = "cpu",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    size: tuple[int, int] | None = None,
+    mode: str = "whole",
+    tile: tuple[int, int] | None = None,
+    overlap: float = 0.5,
+    margin: int = 0,
+    tile_batch: int = 4,
+    gaussian: bool = True,
+    tta_flip: bool = False,
+    tta_scales: Sequence[float] = (1.0,),
+    threshold: float = 0.5,
+    collect_samples: int = 0,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """Metrics of `model` on every image of `dataset`; see the module docstring."""
+    meta = meta if isinstance(meta, DatasetMeta) else DatasetMeta.from_dict(meta)
+    options = InferenceOptions(
+        mode=mode,
+        tile=tile,
+        overlap=overlap,
+        margin=margin,
+        tile_batch=tile_batch,
+        gaussian=gaussian,
+        tta_flip=tta_flip,
+        tta_scales=tuple(tta_scales),
+        size=size,
+        threshold=threshold,
+    )
+    predictor = Predictor(model, task=meta.task, mean=mean, std=std, device=device, options=options)
+    total = ConfusionMatrix(meta.num_classes, class_names=list(meta.class_names), device="cpu")
+    ranking = _Ranking(collect_samples)
+    per_image = []
+    bar = tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress, leave=False)
+    for index in bar:
+        image, gt = dataset.read(index)
+        path = _image_path(dataset, index)
+        pred = predictor.predict(image).labels
+        scores = _score_image(total, pred, gt, meta.num_classes, path or f"image {index}")
+        name = path.name if path else f"image_{index}"
+        per_image.append({"index": index, "name": name, "image_path": _str(path), **scores})
+        ranking.offer(per_image[-1], image, gt, pred)
+        if progress:
+            bar.set_postfix(miou=f"{total.compute()['miou']:.3f}")
+    results = total.compute()
+    results["confusion_matrix"] = total.matrix.tolist()
+    results["num_images"] = len(per_image)
+    results["per_image"] = per_image
+    results["settings"] = {"task": meta.task, **_jsonable(dataclasses.asdict(options))}
+    if collect_samples > 0:
+        results["samples"] = ranking.samples()
+    return results
+
+
+def _score_image(
+    total: ConfusionMatrix, pred: np.ndarray, gt: np.ndarray, num_classes: int, where
+) -> dict[str, Any]:
+    """Count one image into `total`; its own mIoU and pixel accuracy."""
+    if pred.shape != gt.shape:
+        raise DataError(where, f"prediction {pred.shape} and labels {gt.shape} differ in size")
+    single = ConfusionMatrix(num_classes, device="cpu")
+    try:
+        single.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(gt))
+    except ValueError as error:
+        raise DataError(where, str(error)) from None
+    total.merge(single)
+    scores = segmentation_metrics(single.matrix)
+    return {
+        "miou": scores["miou"],
+        "pixel_accuracy": scores["pixel_accuracy"],
+        "num_pixels": scores["num_pixels"],
+    }
+
+
+class _Ranking:
+    """Keeps the `count` worst and `count` best images by mIoU with their arrays."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.ranked = 0
+        self.worst: list[tuple] = []  # max-heap on miou via negation
+        self.best: list[tuple] = []  # min-heap on miou
+
+    def offer(self, record: dict, image: Image.Image, gt: np.ndarray, pred: np.ndarray) -> None:
+        if self.count <= 0 or math.isnan(record["miou"]):
+            return
+        self.ranked += 1
+        item = (record, image, gt, pred)
+        key = record["miou"]
+        tie = record["index"]
+        _push_bounded(self.worst, (-key, -tie, item), self.count)
+        _push_bounded(self.best, (key, tie, item), self.count)
+
+    def samples(self) -> list[dict[str, Any]]:
+        """Worst (ascending mIoU) then best (descending); with at most 2 * count ranked images,
+        the lower half (rounded up) is "worst" and the rest "best"."""
+        worst = sorted((entry[2] for entry in self.worst), key=_miou)
+        best = sorted((entry[2] for entry in self.best), key=_miou, reverse=True)
+        if self.ranked <= 2 * self.count:
+            ranked = sorted({it[0]["index"]: it for it in worst + best}.values(), key=_miou)
+            half = (len(ranked) + 1) // 2
+            worst, best = ranked[:half], ranked[half:][::-1]
+        return [_sample(item, "worst") for item in worst] + [_sample(item, "best") for item in best]
+
+
+def _miou(item: tuple) -> float:
+    return item[0]["miou"]
+
+
+def _push_bounded(heap: list, entry: tuple, count: int) -> None:
+    if len(heap) < count:
+        heapq.heappush(heap, entry)
+    elif entry[:2] > heap[0][:2]:
+        heapq.heapreplace(heap, entry)
+
+
+def _sample(item: tuple, group: str) -> dict[str, Any]:
+    record, image, gt, pred = item
+    return {
+        "name": record["name"],
+        "image_path": record["image_path"],
+        "index": record["index"],
+        "image": image,
+        "gt": np.asarray(gt, dtype=np.int64),
+        "pred": pred.astype(np.int64),
+        "miou": record["miou"],
+        "pixel_accuracy": record["pixel_accuracy"],
+        "group": group,
+    }
+
+
+def _image_path(dataset, index: int) -> Path | None:
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return None
+    try:
+        return Path(samples[index].image)
+    except (IndexError, AttributeError, TypeError):
+        return None
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _jsonable(options: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
