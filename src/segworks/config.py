@@ -1,0 +1,146 @@
+"""Flat typed configuration of a training run.
+
+The CLI maps flags to fields one to one; `segworks.engine.train.train(cfg)` reads nothing else.
+`TrainConfig.to_dict()` (saved in every checkpoint) holds only plain values and never the paths
+of weight files, so a checkpoint can travel without them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("step", "poly", "cosine", "constant")
+LOSSES = ("ce", "dice", "ce+dice")
+TASKS = ("semantic", "binary", "instance")
+
+# Keys that name weight files: useful to build the model once, never saved in a checkpoint.
+WEIGHT_FILE_KEYS = ("backbone_weights", "weights")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Paths are strings so the config is JSON-able."""
+
+    # 1. data: a directory/spec (`data`) or the seed's list + image dir + annotation dir
+    data: str | None = None
+    train_list: str | None = None
+    train_images: str | None = None
+    train_annotations: str | None = None
+    mask_format: str = "auto"
+    ignore_index: int | None = None
+    class_names: list[str] | None = None
+    reduce_zero_label: bool = False
+    num_classes: int | None = None  # checked against the data when given
+    task: str = "semantic"
+    train_split: str = "train"
+    val_name: str = "val"
+    val_split: float = 0.1  # fraction carved from train when the data has no `val_name` split
+    skip_bad: bool = False
+
+    # 2. model
+    model: str = "unet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    backbone_weights: str | None = None
+    weights: str | None = None
+    reset_classifier: bool = False
+    sync_bn: bool = False
+
+    # 3. optimisation
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "poly"
+    warmup: int = 0  # linear warm-up iterations (cosine and poly)
+    accum_steps: int = 1
+    clip_grad: float | None = None
+    loss: str = "ce"
+    class_weights: str = "none"  # "none" | "median" (median-frequency balancing)
+    aux_weight: float = 0.4
+    max_minutes: float | None = None  # stop (and checkpoint) after this much training time
+
+    # 4. augmentation and normalisation
+    crop_size: int = 256
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    hflip: bool = True
+    jitter: float = 0.0
+    eval_size: int | None = None  # validate at a fixed square size; None: as loaded
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    # 5. runtime
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    amp: bool = True  # only ever on CUDA
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    tensorboard: bool = True
+    progress: bool = True
+
+    # 6. run directory and checkpoints
+    out: str = "runs/train"
+    resume: str | None = None
+    patience: int | None = None  # epochs without a better val mIoU before stopping
+    snapshot_every: int = 10  # keep epoch_N.pt every N epochs (0: never)
+
+    def __post_init__(self) -> None:
+        self.scale_range = (float(self.scale_range[0]), float(self.scale_range[1]))
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that is out of range."""
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("loss", self.loss, LOSSES)
+        _choice("task", self.task, TASKS)
+        _choice("class_weights", self.class_weights, ("none", "median"))
+        for name in ("epochs", "batch_size", "accum_steps", "crop_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.val_split < 1.0:
+            raise ValueError(f"val_split must be a fraction in [0, 1), got {self.val_split}")
+        if self.warmup < 0 or self.snapshot_every < 0 or self.workers < 0:
+            raise ValueError("warmup, snapshot_every and workers must be >= 0")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.data is None and self.train_images is None and self.resume is None:
+            raise ValueError("no training data: give --data DIR, or -tr IMAGES -ta ANNOTATIONS")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for a checkpoint: lists instead of tuples, weight-file paths removed."""
+        data = dataclasses.asdict(self)
+        for key in WEIGHT_FILE_KEYS:
+            data[key] = None
+        data["model_kwargs"] = model_kwargs_for_checkpoint(self.model_kwargs)
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of to_dict; unknown keys (from a newer segworks) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+def model_kwargs_for_checkpoint(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Builder kwargs without weight-file paths: the weights are in the state_dict already."""
+    return {key: value for key, value in kwargs.items() if key not in WEIGHT_FILE_KEYS}
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

@@ -1,0 +1,108 @@
+"""DistributedDataParallel on the CPU: 2 processes over gloo, as torchrun would start them.
+
+Checks that validation gathers every rank's confusion matrix (metrics equal a single-process
+evaluation of the same weights) and that a resumed 2-process run continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+from segworks.config import TrainConfig
+from segworks.data import open_source
+from segworks.data.synthetic import write_shapes_dataset
+from segworks.data.transforms import eval_transforms
+from segworks.engine.train import predict_labels, split_samples
+from segworks.metrics import ConfusionMatrix
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+WORLD = 2
+
+
+def _worker(rank: int, port: int, job: dict | list) -> None:
+    """One rank: torchrun's environment, then the training engine or the CLI."""
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    if isinstance(job, list):
+        from segworks.cli import main
+
+        assert main(job) == 0
+    else:
+        from segworks.engine.train import train
+
+        train(TrainConfig.from_dict(job))
+
+
+def launch(job: TrainConfig | list[str]) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    payload = job.to_dict() if isinstance(job, TrainConfig) else job
+    mp.spawn(_worker, args=(port, payload), nprocs=WORLD, join=True)
+
+
+def ddp_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(
+        data=str(data), model="unet", model_kwargs={"base_width": 4, "depth": 2}, epochs=2,
+        batch_size=2, lr=3e-3, schedule="step", crop_size=28, jitter=0.2, workers=0,
+        device="cpu", out=str(out), tensorboard=False, progress=False,
+    )  # fmt: skip
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    # 5 val images: an odd count, so an evenly padded sampler would count one twice
+    return write_shapes_dataset(tmp_path_factory.mktemp("shapes"), num_train=12, num_val=5, size=32)
+
+
+@pytest.fixture(scope="module")
+def full_run(shapes, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp") / "full"
+    launch(ddp_config(shapes, out))
+    return out
+
+
+def test_ddp_validation_metrics_equal_a_single_process(shapes, full_run):
+    checkpoint = load_checkpoint(full_run / "last.pt")
+    assert checkpoint["world_size"] == WORLD
+    assert checkpoint["step"] == 2 * 3  # 12 images / 2 ranks / batch 2 = 3 steps per epoch
+    cfg = TrainConfig.from_dict(checkpoint["config"])
+    model = model_from_checkpoint(checkpoint)
+    source = open_source(cfg.data)
+    _, val_samples = split_samples(cfg, source.splits)
+    dataset = source.dataset(val_samples, transform=eval_transforms())
+    matrix = ConfusionMatrix(3)
+    with torch.no_grad():
+        for index in range(len(dataset)):
+            image, target = dataset[index]
+            matrix.update(predict_labels(model(image[None])["out"])[0], target)
+    single = matrix.compute()
+    gathered = checkpoint["metrics"]
+    assert gathered["num_pixels"] == single["num_pixels"] == 5 * 32 * 32
+    for key in ("pixel_accuracy", "miou", "mean_dice", "fwiou"):
+        assert gathered[key] == single[key], key
+
+
+def test_resumed_ddp_run_continues_bit_identically(shapes, full_run, tmp_path):
+    cut = tmp_path / "cut"
+    launch(ddp_config(shapes, cut, epochs=1))
+    launch(["train", "--resume", str(cut), "-e", "2"])
+    a = load_checkpoint(full_run / "last.pt")
+    b = load_checkpoint(cut / "last.pt")
+    assert (b["epoch"], b["step"]) == (a["epoch"], a["step"]) == (2, 6)
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    assert len(b["rng"]["ranks"]) == WORLD
