@@ -1,0 +1,166 @@
+"""`segworks predict --onnx MODEL.onnx INPUTS --out DIR` with ONNX Runtime, numpy and PIL only.
+
+Nothing on this path imports torch (a test runs it with torch blocked), so a deployment needs
+only onnxruntime, numpy, pillow and segworks. The model must come from `segworks export`: its
+"segworks" metadata entry (JSON) gives the class names, palette, normalisation and which steps
+(normalise, resize, argmax) the graph already does; the others are done here in numpy.
+
+Inputs (files, folders, globs) and outputs are those of `segworks predict` with a checkpoint
+(`<stem>_index.png`, `_color.png`, `_overlay.png`; binary: `_prob.png`, `_mask.png`,
+`_overlay.png`), written by the same `Writer`. Videos are not supported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from segworks.errors import DataError
+
+__all__ = ["OnnxPrediction", "OnnxSegmenter", "predict_onnx", "read_metadata"]
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "segworks"  # the same key as segworks.export.METADATA_KEY (no torch import here)
+
+
+@dataclass
+class OnnxPrediction:
+    labels: np.ndarray  # (H, W) int64
+    prob: np.ndarray | None = None  # binary: foreground probability (H, W) float32
+
+
+def predict_onnx(args: argparse.Namespace) -> int:
+    """The `predict --onnx` command. Uses args.onnx (model), args.inputs (files, folders,
+    globs), args.out (folder) and, when present, args.alpha, args.no_legend, args.threshold,
+    args.skip_bad."""
+    from segworks.commands.predict import Writer, collect_inputs
+
+    segmenter = OnnxSegmenter(Path(args.onnx))
+    items = collect_inputs(list(args.inputs))
+    videos = [str(item.path) for item in items if item.video]
+    if videos:
+        raise ValueError(f"--onnx predicts images only; got video(s) {videos}")
+    meta = SimpleNamespace(
+        task=segmenter.task, palette=segmenter.palette, class_names=segmenter.class_names
+    )
+    alpha = float(getattr(args, "alpha", 0.5))
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"--alpha must be in [0, 1], got {alpha}")
+    writer = Writer(Path(args.out), meta, alpha=alpha, legend=not getattr(args, "no_legend", False))
+    threshold = float(getattr(args, "threshold", 0.5))
+    done = 0
+    for item in tqdm(items, desc="predict", unit="img"):
+        image = _read_image(item.path, getattr(args, "skip_bad", False))
+        if image is None:
+            continue
+        writer.write(item.out_stem, image, segmenter.predict(image, threshold=threshold))
+        done += 1
+    print(f"wrote predictions of {done} input(s) to {args.out}")
+    return 0
+
+
+class OnnxSegmenter:
+    """An exported semantic model plus the pre/post-processing its graph does not contain."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise DataError(path, "ONNX model not found")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise DataError(path, f"not a readable ONNX model ({error})") from error
+        self.info = read_metadata(self.session, path)
+        self.task = self.info.get("task", "semantic")
+        if self.task == "instance":
+            raise DataError(path, "an instance (Mask R-CNN) model; predict --onnx is semantic only")
+        self.class_names = list(self.info["class_names"])
+        self.palette = [tuple(int(v) for v in c) for c in self.info["palette"]]
+        self.input_name = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def predict(self, image: Image.Image, *, threshold: float = 0.5) -> OnnxPrediction:
+        """Labels (and binary probability) at the size of `image` (a PIL RGB image).
+
+        Without resize in the graph and without dynamic axes, the image is resized (bilinear)
+        to the export size and the logits are resized back (bilinear) before the decision.
+        """
+        info = self.info
+        fixed = not info["include_resize"] and not info["dynamic"]
+        rgb = image.convert("RGB")
+        if fixed:
+            height, width = info["size"]
+            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
+        pixels = np.asarray(rgb)
+        results = dict(
+            zip(self.outputs, self.session.run(None, {self.input_name: self._input(pixels)}))
+        )
+        logits = results["logits"][0]
+        if fixed:
+            logits = _resize_planes(logits, image.size)
+        if self.task == "binary":
+            prob = _sigmoid(logits[0])
+            return OnnxPrediction((prob > threshold).astype(np.int64), prob)
+        if "labels" in results and not fixed:
+            return OnnxPrediction(results["labels"][0].astype(np.int64))
+        return OnnxPrediction(logits.argmax(axis=0).astype(np.int64))
+
+    def _input(self, pixels: np.ndarray) -> np.ndarray:
+        if self.info["include_normalize"]:
+            if self.info["input_layout"] == "nhwc":
+                return np.ascontiguousarray(pixels[None])
+            return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+        mean = np.asarray(self.info["mean"], dtype=np.float32)
+        std = np.asarray(self.info["std"], dtype=np.float32)
+        x = (pixels.astype(np.float32) / 255.0 - mean) / std
+        return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def read_metadata(session: Any, path: Path) -> dict[str, Any]:
+    """The JSON segworks stored in the model's metadata_props at export time."""
+    custom = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in custom:
+        raise DataError(path, "no segworks metadata: export the model with `segworks export`")
+    info = json.loads(custom[METADATA_KEY])
+    needed = ("class_names", "palette", "size", "include_normalize", "include_resize", "dynamic")
+    missing = [key for key in needed if key not in info]
+    if missing:
+        raise DataError(path, f"the segworks metadata lacks {missing}")
+    return info
+
+
+def _resize_planes(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(K, h, w) float logits -> (K, H, W) for size (W, H), bilinear per class plane."""
+    planes = [
+        np.asarray(
+            Image.fromarray(plane.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
+        )
+        for plane in logits
+    ]
+    return np.stack(planes)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+def _read_image(path: Path, skip_bad: bool) -> Image.Image | None:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as error:
+        if not skip_bad:
+            raise DataError(path, f"cannot read the image ({error})") from error
+        log.warning("skipping %s: cannot read the image (%s)", path, error)
+        return None
