@@ -1,0 +1,334 @@
+"""Mask R-CNN (He et al., 2017) on torchvision's detection components: R-50-C4 and R-50/101-FPN.
+
+Both variants are `torchvision.models.detection.MaskRCNN` models (RPN, RoIAlign, NMS and the
+RoI heads are torchvision's), so they follow torchvision's detection contract: input a list of
+float images in 0..1 (3, H, W) (the model normalises with ImageNet statistics and resizes by
+shortest side itself); in training mode `model(images, targets)` returns a loss dict, in eval mode
+a list of `{"boxes", "labels", "scores", "masks" (N, 1, H, W) probabilities}`.
+
+`num_classes` counts the background, as in torchvision: a dataset with K object classes needs
+`num_classes=K + 1`, and labels run 1..K (0 is background).
+
+- **R-50-C4** (Detectron's `e2e_mask_rcnn_R-50-C4`): ResNet-50 up to res4 (layer3, stride 16)
+  is the shared trunk that the RPN reads. Each RoI is pooled to `roi_size` x `roi_size` (14) by
+  RoIAlign and passed through res5 (layer4, stride 2 -> 7x7); the box branch average-pools it
+  into the box predictor, the mask branch upsamples it with a 2x2 deconvolution to 14x14 masks.
+  res5 is ONE module used by both branches (the mask head holds an unregistered reference, so
+  its weights appear once in the state dict and get gradients from both losses).
+- **R-50-FPN**: identical to `torchvision.models.detection.maskrcnn_resnet50_fpn` (same module
+  names, so its state dict loads and gives the same detections); `roi_size` is the mask RoIAlign
+  size (14 -> 28x28 masks).
+
+Options: `gamma` weights the mask loss (the seed's mask loss balancing factor); `freeze_bn=True`
+replaces BatchNorm by `FrozenBatchNorm2d` (fixed statistics and affine, the seed's `--bn2affine`;
+`--freeze-bn` maps to the same), `False` keeps trainable `nn.BatchNorm2d`, and the default
+`None` follows torchvision (frozen when `backbone_weights` are given, else trainable). `compute_losses()`
+gives the loss dict without putting BatchNorm into training mode (for validation loss).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.models import resnet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from segworks.errors import DataError
+
+__all__ = [
+    "SegMaskRCNN",
+    "maskrcnn_r50_c4",
+    "maskrcnn_r101_c4",
+    "maskrcnn_r50_fpn",
+    "maskrcnn_r101_fpn",
+    "maskrcnn_tiny",
+    "load_weights",
+]
+
+RESNETS = {"resnet50": resnet.resnet50, "resnet101": resnet.resnet101}
+_LAYERS_TOP_DOWN = ["layer4", "layer3", "layer2", "layer1", "conv1"]
+
+
+class SegMaskRCNN(MaskRCNN):
+    """torchvision's MaskRCNN with a mask loss weight and a BatchNorm-safe loss evaluation."""
+
+    def __init__(self, backbone: nn.Module, *, mask_loss_weight: float = 1.0, **kwargs):
+        super().__init__(backbone, **kwargs)
+        self.mask_loss_weight = float(mask_loss_weight)
+
+    def forward(self, images, targets=None):
+        output = super().forward(images, targets)
+        if self.training and isinstance(output, dict) and "loss_mask" in output:
+            output["loss_mask"] = output["loss_mask"] * self.mask_loss_weight
+        return output
+
+    def compute_losses(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
+        """The training loss dict, with every BatchNorm kept in eval mode (running statistics).
+
+        torchvision returns losses only in training mode; this sets `training` on every module
+        except BatchNorm layers for the call and restores the previous modes afterwards, so a
+        validation loss neither uses batch statistics nor updates the running ones.
+        """
+        modes = {module: module.training for module in self.modules()}
+        for module in self.modules():
+            module.training = not isinstance(module, _BatchNorm)
+        try:
+            return self(images, targets)
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+
+
+class C4BoxHead(nn.Module):
+    """res5 on the RoI features, then global average pooling: (R, C, 14, 14) -> (R, 2048)."""
+
+    def __init__(self, res5: nn.Module):
+        super().__init__()
+        self.res5 = res5
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.res5(x).mean(dim=(2, 3))
+
+
+class C4MaskHead(nn.Module):
+    """res5 shared with the box head (not registered here, so it is stored and trained once)."""
+
+    def __init__(self, res5: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_shared_res5", res5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._shared_res5(x)
+
+
+class TinyTrunk(nn.Sequential):
+    """A 4x4 stride-4 stem and two 3x3 conv-BN-ReLU layers, stride 8: for tests and demos only."""
+
+    def __init__(self, width: int, norm_layer: type[nn.Module]):
+        channels = [3, width, 2 * width, 4 * width]
+        kernels, strides, paddings = [4, 3, 3], [4, 1, 2], [0, 1, 1]
+        layers = []
+        for index, (k, s, p) in enumerate(zip(kernels, strides, paddings)):
+            layers += [
+                nn.Conv2d(channels[index], channels[index + 1], k, s, p, bias=False),
+                norm_layer(channels[index + 1]),
+                nn.ReLU(inplace=True),
+            ]
+        super().__init__(*layers)
+        self.out_channels = 4 * width
+
+
+def load_weights(module: nn.Module, path: str | Path, *, ignore_prefixes: tuple = ()) -> None:
+    """Load a state dict (or a segworks checkpoint's "model") strictly; mismatches -> DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file
+        raise DataError(path, f"not a readable torch weights file ({error})") from error
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise DataError(path, f"expected a state dict, got {type(state).__name__}")
+    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    expected = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore_prefixes)}
+    optional = "num_batches_tracked"  # absent from FrozenBatchNorm2d, harmless either way
+    missing = [k for k in expected if k not in state and not k.endswith(optional)]
+    unexpected = [k for k in state if k not in expected and not k.endswith(optional)]
+    if missing or unexpected:
+        raise DataError(
+            path,
+            f"weights do not fit the model: missing keys {_few(missing)}, "
+            f"unexpected keys {_few(unexpected)}",
+        )
+    wrong = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if wrong:
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong]
+        raise DataError(path, f"weights do not fit the model: shapes differ for {_few(shapes)}")
+    module.load_state_dict(state, strict=False)
+
+
+def _few(keys: list[str], n: int = 8) -> str:
+    shown = ", ".join(keys[:n])
+    return f"[{shown}{', ...' if len(keys) > n else ''}] ({len(keys)})"
+
+
+def _resnet(name: str, freeze_bn: bool | None, backbone_weights: Path | None) -> resnet.ResNet:
+    if name not in RESNETS:
+        raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {name!r}")
+    if freeze_bn is None:  # torchvision's rule: frozen statistics only for a pretrained backbone
+        freeze_bn = backbone_weights is not None
+    norm_layer = FrozenBatchNorm2d if freeze_bn else nn.BatchNorm2d
+    model = RESNETS[name](weights=None, norm_layer=norm_layer)
+    if backbone_weights is not None:
+        load_weights(model, backbone_weights, ignore_prefixes=("fc.",))
+    return model
+
+
+def _freeze_layers(model: resnet.ResNet, trainable_layers: int | None, pretrained: bool) -> None:
+    """Freeze the bottom ResNet stages as torchvision does (3 trainable when pretrained, else 5)."""
+    if trainable_layers is None:
+        trainable_layers = 3 if pretrained else 5
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+    trainable = _LAYERS_TOP_DOWN[:trainable_layers]
+    if trainable_layers == 5:
+        trainable.append("bn1")
+    for name, parameter in model.named_parameters():
+        if not name.startswith(tuple(trainable)):
+            parameter.requires_grad_(False)
+
+
+def _assemble(backbone: nn.Module, *, weights: Path | None, gamma: float, **kwargs) -> SegMaskRCNN:
+    model = SegMaskRCNN(backbone, mask_loss_weight=gamma, **kwargs)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def maskrcnn_fpn(
+    *,
+    num_classes: int,
+    backbone: str = "resnet50",
+    weights: Path | None = None,
+    backbone_weights: Path | None = None,
+    gamma: float = 1.0,
+    roi_size: int = 14,
+    freeze_bn: bool | None = None,
+    trainable_layers: int | None = None,
+    **detector_kwargs,
+) -> SegMaskRCNN:
+    """Mask R-CNN with a ResNet-FPN backbone, module-for-module torchvision's maskrcnn_*_fpn.
+
+    `detector_kwargs` go to torchvision's MaskRCNN (min_size, max_size, box_score_thresh, ...).
+    """
+    body = _resnet(backbone, freeze_bn, backbone_weights)
+    _freeze_layers(body, trainable_layers, backbone_weights is not None)
+    fpn = BackboneWithFPN(
+        body,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=[256, 512, 1024, 2048],
+        out_channels=256,
+        extra_blocks=LastLevelMaxPool(),
+    )
+    mask_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=roi_size, sampling_ratio=2)
+    return _assemble(
+        fpn,
+        weights=weights,
+        gamma=gamma,
+        num_classes=num_classes,
+        mask_roi_pool=mask_roi_pool,
+        **detector_kwargs,
+    )
+
+
+def maskrcnn_c4(
+    *,
+    num_classes: int,
+    backbone: str = "resnet50",
+    weights: Path | None = None,
+    backbone_weights: Path | None = None,
+    gamma: float = 1.0,
+    roi_size: int = 14,
+    freeze_bn: bool | None = None,
+    trainable_layers: int | None = None,
+    **detector_kwargs,
+) -> SegMaskRCNN:
+    """Detectron's ResNet-C4 Mask R-CNN: res2-res4 trunk, res5 as the shared RoI head."""
+    body = _resnet(backbone, freeze_bn, backbone_weights)
+    _freeze_layers(body, trainable_layers, backbone_weights is not None)
+    trunk = nn.Sequential(
+        OrderedDict(
+            (name, getattr(body, name))
+            for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")
+        )
+    )
+    trunk.out_channels = 1024
+    res5 = body.layer4
+    anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
+    roi_pool = MultiScaleRoIAlign(["0"], output_size=roi_size, sampling_ratio=2)
+    return _assemble(
+        trunk,
+        weights=weights,
+        gamma=gamma,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(1024, anchors.num_anchors_per_location()[0]),
+        box_roi_pool=roi_pool,
+        box_head=C4BoxHead(res5),
+        box_predictor=FastRCNNPredictor(2048, num_classes),
+        mask_roi_pool=roi_pool,
+        mask_head=C4MaskHead(res5),
+        mask_predictor=MaskRCNNPredictor(2048, 256, num_classes),
+        **detector_kwargs,
+    )
+
+
+def maskrcnn_r50_c4(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    return maskrcnn_c4(num_classes=num_classes, backbone="resnet50", **kwargs)
+
+
+def maskrcnn_r101_c4(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    return maskrcnn_c4(num_classes=num_classes, backbone="resnet101", **kwargs)
+
+
+def maskrcnn_r50_fpn(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    return maskrcnn_fpn(num_classes=num_classes, backbone="resnet50", **kwargs)
+
+
+def maskrcnn_r101_fpn(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    return maskrcnn_fpn(num_classes=num_classes, backbone="resnet101", **kwargs)
+
+
+def maskrcnn_tiny(
+    *,
+    num_classes: int,
+    width: int = 16,
+    weights: Path | None = None,
+    gamma: float = 1.0,
+    roi_size: int = 14,
+    freeze_bn: bool | None = None,
+    min_size: int = 128,
+    max_size: int = 128,
+    anchor_sizes: tuple[int, ...] = (16, 32, 64),
+    **detector_kwargs,
+) -> SegMaskRCNN:
+    """A small single-level Mask R-CNN (4 conv trunk, stride 8) for tests and CPU demos."""
+    trunk = TinyTrunk(width, FrozenBatchNorm2d if freeze_bn else nn.BatchNorm2d)
+    channels = trunk.out_channels
+    anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=((0.5, 1.0, 2.0),))
+    defaults = {
+        "rpn_pre_nms_top_n_train": 300,
+        "rpn_post_nms_top_n_train": 150,
+        "rpn_pre_nms_top_n_test": 150,
+        "rpn_post_nms_top_n_test": 50,
+        "rpn_batch_size_per_image": 64,
+        "box_batch_size_per_image": 32,
+        "box_detections_per_img": 20,
+    }
+    return _assemble(
+        trunk,
+        weights=weights,
+        gamma=gamma,
+        min_size=min_size,
+        max_size=max_size,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
+        box_roi_pool=MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2),
+        box_head=TwoMLPHead(channels * 49, 128),
+        box_predictor=FastRCNNPredictor(128, num_classes),
+        mask_roi_pool=MultiScaleRoIAlign(["0"], output_size=roi_size, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(channels, (32, 32), 1),
+        mask_predictor=MaskRCNNPredictor(32, 32, num_classes),
+        **(defaults | detector_kwargs),
+    )
