@@ -1,0 +1,133 @@
+"""Loading weight files into models, with errors that say what does not fit.
+
+Two kinds of file load into a segmentation model with `load_weights`:
+- a segworks checkpoint: a dict whose "model" entry is the state dict (see segworks.checkpoint);
+- a raw state dict, e.g. torchvision's `deeplabv3_resnet101_coco-586e9e4e.pth`: segworks'
+  DeepLabV3 uses torchvision's module names, so its keys match one to one.
+
+`reset_classifier=True` re-initialises the model's final classification layers (the modules named
+by the model's `classifier_names`) instead of loading them, so a checkpoint trained on one label
+set fine-tunes to another: the DeepLabV3 seed does this to move torchvision's COCO-trained model
+to Pascal VOC. Nothing downloads; a file that does not fit raises DataError listing the missing
+keys, the unexpected keys and the shape mismatches (the first few of each, with counts).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from segworks.checkpoint import load_checkpoint
+from segworks.errors import DataError
+
+__all__ = ["check_state_dict", "load_weights", "read_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+_SHOWN = 5  # keys listed per kind of problem in an error message
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The state dict in `path`: a segworks checkpoint's "model" entry or a raw state dict."""
+    checkpoint = load_checkpoint(path)
+    state = checkpoint["model"] if isinstance(checkpoint.get("model"), dict) else checkpoint
+    not_tensors = [key for key, value in state.items() if not isinstance(value, Tensor)]
+    if not_tensors:
+        raise DataError(
+            path,
+            f"not a state dict: {len(not_tensors)} entries are not tensors "
+            f"(e.g. {not_tensors[:_SHOWN]}); expected a segworks checkpoint or a state dict",
+        )
+    if state and all(key.startswith("module.") for key in state):  # saved from a DDP wrapper
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return state
+
+
+def _listed(title: str, items: list[str]) -> str:
+    more = f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
+    return f"{len(items)} {title}: {', '.join(items[:_SHOWN])}{more}"
+
+
+def check_state_dict(
+    module: nn.Module,
+    state: Mapping[str, Tensor],
+    path: str | Path,
+    *,
+    skip_prefixes: Iterable[str] = (),
+) -> None:
+    """Raise DataError unless `state` has exactly `module`'s keys and shapes.
+
+    Keys under `skip_prefixes` are not expected (the caller initialises them itself). BatchNorm's
+    `num_batches_tracked` may be absent: files saved by old torch versions lack it.
+    """
+    skip = tuple(skip_prefixes)
+    expected = {
+        key: value for key, value in module.state_dict().items() if not key.startswith(skip)
+    }
+    missing = [
+        key for key in expected if key not in state and not key.endswith("num_batches_tracked")
+    ]
+    unexpected = [key for key in state if key not in expected]
+    mismatched = [
+        f"{key} {tuple(state[key].shape)} in file vs {tuple(expected[key].shape)} in model"
+        for key in state
+        if key in expected and state[key].shape != expected[key].shape
+    ]
+    problems = [
+        _listed(title, items)
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
+        if items
+    ]
+    if problems:
+        raise DataError(path, f"weights do not fit {type(module).__name__}: " + "; ".join(problems))
+
+
+def classifier_names(model: nn.Module) -> tuple[str, ...]:
+    """Names of the model's final classification modules (its `classifier_names` attribute)."""
+    names = getattr(model, "classifier_names", None)
+    if names is None:
+        raise ValueError(
+            f"{type(model).__name__} does not name its classifier modules "
+            "(attribute `classifier_names`), so reset_classifier is not available for it"
+        )
+    return tuple(names)
+
+
+def load_weights(model: nn.Module, path: str | Path, *, reset_classifier: bool = False) -> None:
+    """Load the weights in `path` into `model` in place.
+
+    With `reset_classifier`, the classifier modules' entries in the file are ignored (they may
+    have another class count) and those modules are re-initialised by `model.reset_classifier()`.
+    An auxiliary head in the file is dropped (with a log line) when the model has none.
+    """
+    state = read_state_dict(path)
+    if getattr(model, "aux_classifier", "absent") is None:
+        aux_keys = [key for key in state if key.startswith("aux_classifier.")]
+        if aux_keys:
+            logger.info("%s: ignoring %d auxiliary-head entries", path, len(aux_keys))
+            state = {key: value for key, value in state.items() if key not in aux_keys}
+    skip: tuple[str, ...] = ()
+    if reset_classifier:
+        skip = tuple(f"{name}." for name in classifier_names(model))
+        state = {key: value for key, value in state.items() if not key.startswith(skip)}
+    check_state_dict(model, state, path, skip_prefixes=skip)
+    model.load_state_dict(state, strict=False)
+    if reset_classifier:
+        model.reset_classifier()
+    logger.info("loaded weights from %s", path)
+
+
+@torch.no_grad()
+def fill_input_channels(weight: Tensor, in_channels: int) -> Tensor:
+    """An RGB first-layer kernel adapted to `in_channels`: the channel mean, repeated."""
+    if in_channels == weight.shape[1]:
+        return weight
+    return weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1)
