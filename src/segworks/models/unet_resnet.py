@@ -1,0 +1,137 @@
+"""U-Net (Ronneberger, Fischer and Brox, 2015) with a ResNet encoder, as the smp library builds it.
+
+The encoder is a torchvision ResNet without pooling and fc. Its five outputs, at 1/2 (the stem:
+conv1, BN, ReLU), 1/4, 1/8, 1/16 and 1/32 of the input, feed a decoder of five blocks. Each block
+upsamples its input (nearest neighbour) to the size of the next shallower feature map, 2x for
+sides that are multiples of 32, concatenates that skip feature after the upsampled map, and applies
+two 3x3 convolution - BatchNorm - ReLU layers. The last block has no skip and upsamples to the
+input size. A 3x3 convolution maps the last decoder width to the class logits. Decoder widths are
+(256, 128, 64, 32, 16) by default.
+
+This is the layout of segmentation_models.pytorch's `Unet(encoder_name="resnet34")` (version 0.3
+onwards), and the modules carry its names (`encoder`, `decoder.blocks.N.conv1.0`,
+`segmentation_head.0`), so an smp state dict loads unchanged; because the upsampling targets the
+skip's size, any input size works (smp asks for multiples of 32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segworks.models.backbones import RESNETS, ResNetEncoder, resnet_encoder
+
+__all__ = ["DecoderBlock", "UNetDecoder", "UNetResNet", "unet_resnet", "unet_resnet34"]
+
+DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class DecoderBlock(nn.Module):
+    """Upsample (nearest) to the skip's size, concatenate [upsampled, skip], two conv-BN-ReLU."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.conv1 = _conv_bn_relu(in_channels + skip_channels, out_channels)
+        self.conv2 = _conv_bn_relu(out_channels, out_channels)
+
+    def forward(self, x: Tensor, size: Sequence[int], skip: Tensor | None = None) -> Tensor:
+        x = F.interpolate(x, size=tuple(size), mode="nearest")
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv2(self.conv1(x))
+
+
+class UNetDecoder(nn.Module):
+    """Five decoder blocks from the deepest feature map up to the input resolution."""
+
+    def __init__(self, encoder_channels: Sequence[int], decoder_channels: Sequence[int]):
+        super().__init__()
+        deepest, *skips = reversed(encoder_channels)  # 1/32 first, then 1/16 ... 1/2
+        inputs = [deepest, *decoder_channels[:-1]]
+        skip_channels = [*skips, 0]
+        self.blocks = nn.ModuleList(
+            DecoderBlock(c_in, c_skip, c_out)
+            for c_in, c_skip, c_out in zip(inputs, skip_channels, decoder_channels)
+        )
+
+    def forward(self, features: list[Tensor], size: Sequence[int]) -> Tensor:
+        """`features` shallow to deep (1/2 ... 1/32); `size` is the input's (H, W)."""
+        x, *skips = reversed(features)
+        targets: list[Tensor | None] = [*skips, None]
+        for block, skip in zip(self.blocks, targets):
+            x = block(x, size if skip is None else skip.shape[-2:], skip)
+        return x
+
+
+class UNetResNet(nn.Module):
+    """ResNet encoder -> U-Net decoder -> 3x3 classifier; {"out": logits at input size}."""
+
+    def __init__(self, encoder: ResNetEncoder, decoder: UNetDecoder, num_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        width = decoder.blocks[-1].conv2[0].out_channels
+        self.segmentation_head = nn.Sequential(nn.Conv2d(width, num_classes, 3, padding=1))
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """The stem output (1/2) and the four stage outputs (1/4 ... 1/32), shallow to deep."""
+        encoder = self.encoder
+        x = encoder.relu(encoder.bn1(encoder.conv1(x)))
+        features = [x]
+        x = encoder.maxpool(x)
+        for stage in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4):
+            x = stage(x)
+            features.append(x)
+        return features
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        decoded = self.decoder(self.encode(x), x.shape[-2:])
+        return {"out": self.segmentation_head(decoded)}
+
+
+def unet_resnet(
+    *,
+    num_classes: int,
+    encoder: str = "resnet34",
+    in_channels: int = 3,
+    decoder_channels: Sequence[int] = DECODER_CHANNELS,
+    backbone_weights: Path | str | None = None,
+) -> UNetResNet:
+    """U-Net on a ResNet encoder (resnet18/34/50/101/152), smp's `Unet` layout.
+
+    `decoder_channels` are the five decoder block widths, deepest first. `backbone_weights` is a
+    torchvision ImageNet state dict file for the encoder (e.g. `resnet34-b627a593.pth`).
+    """
+    if encoder not in RESNETS:
+        raise ValueError(f"encoder {encoder!r} is not supported; expected one of {sorted(RESNETS)}")
+    decoder_channels = tuple(decoder_channels)
+    if len(decoder_channels) != len(DECODER_CHANNELS):
+        raise ValueError(f"decoder_channels must have 5 widths, got {decoder_channels}")
+    for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if any(not isinstance(c, int) or c < 1 for c in decoder_channels):
+        raise ValueError(f"decoder_channels must be positive integers, got {decoder_channels}")
+    backbone = resnet_encoder(
+        name=encoder, output_stride=32, in_channels=in_channels, weights=backbone_weights
+    )
+    stem = backbone.conv1.out_channels
+    decoder = UNetDecoder((stem, *backbone.channels), decoder_channels)
+    return UNetResNet(backbone, decoder, num_classes)
+
+
+def unet_resnet34(*, num_classes: int, **kwargs) -> UNetResNet:
+    """U-Net on ResNet-34 (smp's `Unet("resnet34")`); keyword arguments as `unet_resnet`."""
+    return unet_resnet(num_classes=num_classes, encoder="resnet34", **kwargs)
