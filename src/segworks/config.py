@@ -19,7 +19,7 @@ LOSSES = ("ce", "dice", "ce+dice")
 TASKS = ("semantic", "binary", "instance")
 
 # Keys that name weight files: useful to build the model once, never saved in a checkpoint.
-WEIGHT_FILE_KEYS = ("backbone_weights", "weights")
+WEIGHT_FILE_KEYS = ("backbone_weights", "weights", "init_from")
 
 
 @dataclass
@@ -52,6 +52,7 @@ class TrainConfig:
 
     # 3. optimisation
     epochs: int = 50
+    epoch_repeats: int = 1  # passes over the train images per epoch (tiny datasets)
     batch_size: int = 8
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -105,7 +106,7 @@ class TrainConfig:
         _choice("loss", self.loss, LOSSES)
         _choice("task", self.task, TASKS)
         _choice("class_weights", self.class_weights, ("none", "median"))
-        for name in ("epochs", "batch_size", "accum_steps", "crop_size"):
+        for name in ("epochs", "epoch_repeats", "batch_size", "accum_steps", "crop_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
