@@ -47,10 +47,25 @@ SMALL_KWARGS: dict[str, dict] = {
     "deeplabv3": {"backbone": "resnet18", "output_stride": 16, "aspp_channels": 8},
     "deeplabv3_resnet50": {"output_stride": 16, "aspp_channels": 8},
     "deeplabv3_resnet101": {"output_stride": 16, "aspp_channels": 8},
+    "unet_resnet": {"encoder": "resnet18", "decoder_channels": (8, 8, 8, 8, 8)},
+    "fcn_resnet": {"backbone": "resnet18"},
+}
+# Fixed-backbone aliases build full ResNet-50/101/152 encoders (25-60 M parameters). Their code
+# is the generic entry's, which the contract tests run with a ResNet-18 encoder; the aliases get
+# a cheap check that they build that same architecture (on the meta device, no memory).
+ALIASES = {
+    "refinenet_resnet50": "refinenet",
+    "refinenet_resnet101": "refinenet",
+    "refinenet_resnet152": "refinenet",
+    "deeplabv3_resnet50": "deeplabv3",
+    "deeplabv3_resnet101": "deeplabv3",
+    "fcn_resnet50": "fcn_resnet",
+    "fcn_resnet101": "fcn_resnet",
+    "unet_resnet34": "unet_resnet",
 }
 INPUT_SIZE: dict[str, tuple[int, int]] = {}  # (H, W), odd by default
 DEFAULT_SIZE = (37, 53)
-SEMANTIC = sorted(name for name in MODELS if not name.startswith("maskrcnn"))
+SEMANTIC = sorted(n for n in MODELS if not n.startswith("maskrcnn") and n not in ALIASES)
 
 
 def build(name: str, num_classes: int = 3, seed: int = 0, **extra) -> torch.nn.Module:
@@ -80,6 +95,15 @@ def test_builder_is_keyword_only_and_documented(name):
     positional = [p.name for p in parameters.values() if p.kind not in keyword]
     assert positional == [], f"{name}: parameters must be keyword-only: {positional}"
     assert (builder.__doc__ or "").strip(), f"{name}: `segworks models` shows its docstring"
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_alias_builds_the_generic_architecture(alias):
+    generic = ALIASES[alias]
+    with torch.device("meta"):
+        model = MODELS[alias](num_classes=3)
+    assert type(model) is type(build(generic))
+    assert sum(p.numel() for p in model.parameters()) > 20_000_000
 
 
 @pytest.mark.parametrize("name", SEMANTIC)

@@ -23,34 +23,41 @@ from segworks.models import (
 )
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    # entries are added here, one line per model, grouped by file
+    # the seed tutorial's step-by-step nets (models/tutorial.py)
+    "tutorial_convnet": tutorial.tutorial_convnet,
+    "tutorial_upsample": tutorial.tutorial_upsample,
+    "tutorial_transposed": tutorial.tutorial_transposed,
+    "tutorial_concat": tutorial.tutorial_concat,
+    # U-Net (models/unet.py, models/unet_resnet.py)
+    "unet_original": unet.unet_original,
+    "unet": unet.unet,
+    "unet_resnet": unet_resnet.unet_resnet,
+    "unet_resnet34": unet_resnet.unet_resnet34,
+    # SegNet (models/segnet.py)
+    "segnet": segnet.segnet,
+    "segnet_basic": segnet.segnet_basic,
+    # FCN (models/fcn.py on VGG16, models/fcn_resnet.py as in torchvision)
+    "fcn32s": fcn.fcn32s,
+    "fcn16s": fcn.fcn16s,
+    "fcn8s": fcn.fcn8s,
+    "fcn_resnet": fcn_resnet.fcn_resnet,
+    "fcn_resnet50": fcn_resnet.fcn_resnet50,
+    "fcn_resnet101": fcn_resnet.fcn_resnet101,
+    # RefineNet (models/refinenet.py)
+    "refinenet": refinenet.refinenet,
+    "refinenet_resnet50": refinenet.refinenet_resnet50,
+    "refinenet_resnet101": refinenet.refinenet_resnet101,
+    "refinenet_resnet152": refinenet.refinenet_resnet152,
+    # DeepLabV3 (models/deeplabv3.py)
+    "deeplabv3": deeplabv3.deeplabv3,
+    "deeplabv3_resnet50": deeplabv3.deeplabv3_resnet50,
+    "deeplabv3_resnet101": deeplabv3.deeplabv3_resnet101,
+    # instance segmentation: Mask R-CNN (models/mask_rcnn.py)
     "maskrcnn_r50_c4": mask_rcnn.maskrcnn_r50_c4,
     "maskrcnn_r101_c4": mask_rcnn.maskrcnn_r101_c4,
     "maskrcnn_r50_fpn": mask_rcnn.maskrcnn_r50_fpn,
     "maskrcnn_r101_fpn": mask_rcnn.maskrcnn_r101_fpn,
     "maskrcnn_tiny": mask_rcnn.maskrcnn_tiny,
-    "tutorial_convnet": tutorial.tutorial_convnet,
-    "tutorial_upsample": tutorial.tutorial_upsample,
-    "tutorial_transposed": tutorial.tutorial_transposed,
-    "tutorial_concat": tutorial.tutorial_concat,
-    "unet_original": unet.unet_original,
-    "unet": unet.unet,
-    "segnet": segnet.segnet,
-    "segnet_basic": segnet.segnet_basic,
-    "fcn32s": fcn.fcn32s,
-    "fcn16s": fcn.fcn16s,
-    "fcn8s": fcn.fcn8s,
-    "refinenet": refinenet.refinenet,
-    "refinenet_resnet50": refinenet.refinenet_resnet50,
-    "refinenet_resnet101": refinenet.refinenet_resnet101,
-    "refinenet_resnet152": refinenet.refinenet_resnet152,
-    "deeplabv3": deeplabv3.deeplabv3,
-    "deeplabv3_resnet50": deeplabv3.deeplabv3_resnet50,
-    "deeplabv3_resnet101": deeplabv3.deeplabv3_resnet101,
-    "unet_resnet": unet_resnet.unet_resnet,
-    "unet_resnet34": unet_resnet.unet_resnet34,
-    "fcn_resnet50": fcn_resnet.fcn_resnet50,
-    "fcn_resnet101": fcn_resnet.fcn_resnet101,
 }
 
 

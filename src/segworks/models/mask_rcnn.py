@@ -53,10 +53,13 @@ __all__ = [
     "maskrcnn_r101_fpn",
     "maskrcnn_tiny",
     "load_weights",
+    "CLASSIFIER_PREFIXES",
 ]
 
 RESNETS = {"resnet50": resnet.resnet50, "resnet101": resnet.resnet101}
 _LAYERS_TOP_DOWN = ["layer4", "layer3", "layer2", "layer1", "conv1"]
+# The layers whose shapes depend on num_classes (the same names in every variant here).
+CLASSIFIER_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
 
 
 class SegMaskRCNN(MaskRCNN):
@@ -275,18 +278,22 @@ def maskrcnn_c4(
 
 
 def maskrcnn_r50_c4(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    """Mask R-CNN R-50-C4 (Detectron): ResNet-50 res2-res4 trunk, res5 as the RoI head."""
     return maskrcnn_c4(num_classes=num_classes, backbone="resnet50", **kwargs)
 
 
 def maskrcnn_r101_c4(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    """Mask R-CNN R-101-C4: as maskrcnn_r50_c4 on ResNet-101."""
     return maskrcnn_c4(num_classes=num_classes, backbone="resnet101", **kwargs)
 
 
 def maskrcnn_r50_fpn(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    """Mask R-CNN R-50-FPN, equivalent to torchvision's maskrcnn_resnet50_fpn."""
     return maskrcnn_fpn(num_classes=num_classes, backbone="resnet50", **kwargs)
 
 
 def maskrcnn_r101_fpn(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    """Mask R-CNN R-101-FPN: as maskrcnn_r50_fpn on ResNet-101."""
     return maskrcnn_fpn(num_classes=num_classes, backbone="resnet101", **kwargs)
 
 
