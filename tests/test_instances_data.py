@@ -146,7 +146,8 @@ def test_labelme_group_id_merges_parts(tmp_path):
     instance_set = read_instances(tmp_path)
     assert instance_set.class_names == ["cat", "dog"]
     target = InstanceDataset(instance_set, min_size=None).target(0)
-    assert target["labels"].tolist() == [1, 1, 2]
+    assert target["labels"].tolist() == [1, 1, 2, 0]  # __ignore__: label 0, crowd
+    assert target["iscrowd"].tolist() == [0, 0, 0, 1]
     merged = target["masks"][0]
     assert merged[2, 2] and merged[22, 22] and not merged[12, 12]
     assert target["boxes"][0].tolist() == [0.0, 0.0, 25.0, 25.0]
@@ -245,16 +246,77 @@ def test_labelme_voc_three_formats_agree(shared_datasets):
         assert len(instance_set.class_names) == 20 and instance_set.class_names[14] == "person"
         counts.append(
             Counter(
-                instance_set.class_names[i.label - 1]
+                instance_set.class_names[i.label - 1] if i.label else "(ignore)"
                 for r in instance_set.records
                 for i in r.instances
             )
         )
+    assert counts[0].pop("(ignore)") == 2  # labelme's __ignore__ shapes: crowd regions
     assert counts[0] == counts[1] == counts[2]
     assert sum(counts[0].values()) == 12 and counts[0]["person"] == 6
     labelme = InstanceDataset(read_instances(sources[0]), min_size=None)
     voc = InstanceDataset(read_instances(sources[2]), min_size=None)
     for index in range(len(labelme)):
         a, b = labelme.target(index), voc.target(index)
-        ious = [(x & y).sum() / (x | y).sum() for x, y in zip(a["masks"].bool(), b["masks"].bool())]
+        objects = a["masks"][a["labels"] > 0].bool()
+        ious = [(x & y).sum() / (x | y).sum() for x, y in zip(objects, b["masks"].bool())]
         assert len(ious) == len(b["masks"]) and min(ious) > 0.8  # same objects, same order
+
+
+def _labelme_with_ignore(folder, false_positive_box):
+    """Two objects and an __ignore__ region in a labelme folder, plus predictions that hit both
+    objects and add a confident false positive of each class at `false_positive_box`."""
+    folder.mkdir()
+    _image(folder / "x.png", width=64, height=48)
+    square = [[4, 4], [20, 4], [20, 20], [4, 20]]
+    shapes = [
+        {"label": "cat", "shape_type": "polygon", "points": square},
+        {"label": "dog", "shape_type": "rectangle", "points": [[30, 4], [50, 24]]},
+        {"label": "__ignore__", "shape_type": "rectangle", "points": [[4, 28], [36, 46]]},
+    ]
+    data = {"shapes": shapes, "imagePath": "x.png", "imageHeight": 48, "imageWidth": 64}
+    (folder / "x.json").write_text(json.dumps(data))
+    dataset = InstanceDataset(read_instances(folder), min_size=None)
+    target = dataset.target(0)
+    x1, y1, x2, y2 = false_positive_box
+    extra = torch.zeros(2, 48, 64, dtype=torch.uint8)
+    extra[:, y1:y2, x1:x2] = 1
+    output = {
+        "boxes": torch.cat([target["boxes"][:2], torch.tensor([false_positive_box] * 2).float()]),
+        "labels": torch.tensor([1, 2, 1, 2]),
+        "scores": torch.tensor([0.9, 0.9, 0.99, 0.99]),
+        "masks": torch.cat([target["masks"][:2], extra])[:, None].float(),
+    }
+    return dataset, output
+
+
+def test_labelme_ignore_region_is_crowd_in_training_and_eval(tmp_path):
+    from segworks.coco_eval import CocoEvaluator
+    from segworks.engine.instance import _targets_for_training
+
+    dataset, output = _labelme_with_ignore(tmp_path / "a", (6, 30, 34, 44))
+    report, problems = check_instances(tmp_path / "a")
+    assert not problems and "ignore regions: 1" in report and "instances: 2" in report
+    target = dataset.target(0)
+    assert _targets_for_training([target], torch.device("cpu"))[0]["labels"].tolist() == [1, 2]
+    assert semantic_from_instances(target)[40, 10] == IGNORE_INDEX
+    evaluator = CocoEvaluator(dataset)
+    evaluator.update({0: output})
+    for iou_type in ("bbox", "segm"):  # detections of either class on the region are ignored
+        assert evaluator.compute()[iou_type]["AP"] == pytest.approx(1.0)
+    dataset, output = _labelme_with_ignore(tmp_path / "b", (40, 30, 60, 46))  # the control
+    evaluator = CocoEvaluator(dataset)
+    evaluator.update({0: output})
+    assert evaluator.compute()["segm"]["AP"] < 0.9
+
+
+def test_coco_ignore_category_becomes_ignore_regions(tmp_path):
+    extra = [{"id": 9, "image_id": 11, "category_id": 5, "segmentation": [[1, 1, 9, 1, 9, 9]]}]
+    path = _coco_fixture(tmp_path, extra)
+    data = json.loads(path.read_text())
+    data["categories"].append({"id": 5, "name": "__ignore__"})
+    path.write_text(json.dumps(data))
+    instance_set = read_instances(path)
+    assert instance_set.class_names == ["three", "seven"]
+    target = InstanceDataset(instance_set, min_size=None).target(1)
+    assert target["labels"].tolist() == [0] and target["iscrowd"].tolist() == [1]

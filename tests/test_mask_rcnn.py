@@ -15,13 +15,14 @@ from segworks.errors import DataError
 from segworks.models import MODELS, build_model
 from segworks.models.mask_rcnn import maskrcnn_r50_c4, maskrcnn_r50_fpn, maskrcnn_tiny
 
+# Small inputs and few proposals keep the ResNet-50 tests cheap; parity does not need more.
 SMALL = {
-    "min_size": 128,
-    "max_size": 160,
+    "min_size": 64,
+    "max_size": 96,
     "box_score_thresh": 0.0,
     "rpn_pre_nms_top_n_test": 200,
-    "rpn_post_nms_top_n_test": 50,
-    "box_detections_per_img": 20,
+    "rpn_post_nms_top_n_test": 20,
+    "box_detections_per_img": 5,
 }
 
 
@@ -38,7 +39,7 @@ def _target(height=96, width=112):
 def test_fpn_matches_torchvision_given_its_state_dict():
     torch.manual_seed(0)
     reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3, **SMALL)
-    images = [torch.rand(3, 96, 112)]
+    images = [torch.rand(3, 64, 80)]
     with torch.no_grad():
         expected = reference.eval()(images)[0]
     assert len(expected["boxes"]) > 0
@@ -87,7 +88,8 @@ def test_backbone_weights_load_and_freeze_bottom_stages(tmp_path):
 def test_c4_shares_res5_between_box_and_mask_heads():
     torch.manual_seed(0)
     cheap = {"rpn_post_nms_top_n_train": 64, "box_batch_size_per_image": 16}
-    model = maskrcnn_r50_c4(num_classes=3, freeze_bn=False, roi_size=14, **SMALL, **cheap)
+    cheap |= {"rpn_post_nms_top_n_test": 10, "box_detections_per_img": 5}
+    model = maskrcnn_r50_c4(num_classes=3, freeze_bn=False, roi_size=14, **(SMALL | cheap))
     heads = model.roi_heads
     assert heads.mask_head._shared_res5 is heads.box_head.res5
     assert not any(k.startswith("roi_heads.mask_head") for k in model.state_dict())

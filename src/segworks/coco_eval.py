@@ -59,9 +59,11 @@ def encode_mask(mask: np.ndarray) -> dict:
 def coco_from_dataset(dataset) -> COCO:
     """A COCO ground truth from an InstanceDataset at its (resized) image size.
 
-    Category ids are the labels 1..K; image ids are the records' image ids.
+    Category ids are the labels 1..K; image ids are the records' image ids. An ignore region
+    (label 0, iscrowd 1) becomes one crowd annotation per category.
     """
     images, annotations = [], []
+    category_ids = list(range(1, len(dataset.class_names) + 1))
     for index in range(len(dataset)):
         target = dataset.target(index)
         height, width = target["masks"].shape[-2:]
@@ -70,18 +72,20 @@ def coco_from_dataset(dataset) -> COCO:
             target["boxes"].tolist(), target["labels"], target["masks"], target["iscrowd"]
         ):
             x1, y1, x2, y2 = box
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": int(target["image_id"]),
-                    "category_id": int(label),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": float(mask.sum()),
-                    "iscrowd": int(crowd),
-                    "segmentation": encode_mask(mask.numpy()),
-                }
-            )
-    categories = [{"id": k, "name": n} for k, n in enumerate(dataset.class_names, start=1)]
+            rle = encode_mask(mask.numpy())
+            for category in [int(label)] if int(label) else category_ids:
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": int(target["image_id"]),
+                        "category_id": category,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": float(mask.sum()),
+                        "iscrowd": int(crowd) if int(label) else 1,
+                        "segmentation": rle,
+                    }
+                )
+    categories = [{"id": k, "name": n} for k, n in zip(category_ids, dataset.class_names)]
     return _coco({"images": images, "annotations": annotations, "categories": categories})
 
 

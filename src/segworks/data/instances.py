@@ -12,12 +12,14 @@ Formats (`fmt`, "auto" tells them apart):
     coco     COCO instances JSON: polygons, RLE (compressed or not), iscrowd. Image files are
              looked up under `images`, else beside the JSON, else in `images/` beside it.
              Category ids (any integers, strings of digits accepted) map to labels 1..K in
-             increasing id order; categories named _background_/__background__/__ignore__ are
-             dropped (labelme's COCO export writes one).
+             increasing id order; categories named _background_/__background__ are dropped
+             (labelme's COCO export writes one); annotations of a category named __ignore__
+             become ignore regions (below).
     labelme  a folder of labelme JSON files, one shape per instance; shapes with the same
              (label, group_id) are one instance. polygon, rectangle and circle shapes are read.
              Class names come from labels.txt beside or above the folder (labelme's convention),
-             else from the labels seen. __ignore__ / _background_ shapes are skipped.
+             else from the labels seen. _background_ shapes are skipped; __ignore__ shapes
+             (labelme's convention) become ignore regions (below).
     via      VIA region JSON (the Matterport balloon set): `regions` a dict or a list; polygon,
              rect, circle and ellipse shapes. The class is the region attribute "name", "class"
              or "label" when present, else the dataset's folder name (balloon/train -> balloon).
@@ -28,6 +30,10 @@ Formats (`fmt`, "auto" tells them apart):
 
 Targets follow torchvision's contract: boxes (N, 4) float xyxy, labels int64 1..K, masks uint8
 (N, H, W), image_id, iscrowd, area. Images are float 0..1 (3, H, W).
+
+Crowd regions (iscrowd=1) are left out of training and count as crowd in COCO evaluation
+(a detection on them is neither a hit nor a miss). An ignore region is a crowd region with
+label 0: it belongs to no class, so evaluation treats it as crowd of every class.
 """
 
 from __future__ import annotations
@@ -52,7 +58,9 @@ from segworks.errors import DataError
 log = logging.getLogger(__name__)
 
 FORMATS = ("coco", "labelme", "via", "voc")
-SKIPPED_NAMES = {"_background_", "__background__", "__ignore__"}
+IGNORE_NAME = "__ignore__"
+SKIPPED_NAMES = {"_background_", "__background__", IGNORE_NAME}
+IGNORE_LABEL = 0  # the label of an ignore region (always iscrowd=1)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
@@ -166,8 +174,11 @@ def read_coco(path: Path, images: Path | None, reader: _Reader) -> InstanceSet:
     categories = sorted(
         (_int_id(c["id"], path), str(c.get("name", c["id"]))) for c in data.get("categories", [])
     )
+    ignored = {cid for cid, name in categories if name == IGNORE_NAME}
+    skipped = {cid for cid, name in categories if name in SKIPPED_NAMES} - ignored
     categories = [(cid, name) for cid, name in categories if name not in SKIPPED_NAMES]
     label_of = {cid: index + 1 for index, (cid, _) in enumerate(categories)}
+    label_of |= {cid: IGNORE_LABEL for cid in ignored} | {cid: None for cid in skipped}
     roots = [images] if images else [path.parent, path.parent / "images"]
     records, by_id = [], {}
     for entry in data["images"]:
@@ -196,7 +207,10 @@ def _coco_annotation(ann: dict, by_id: dict, label_of: dict, reader: _Reader) ->
     if category not in label_of:
         reader.problem(f"{where}: unknown category id {category}", fatal=True)
         return
+    if label_of[category] is None:  # a background category: nothing to learn
+        return
     iscrowd = int(_int_id(ann.get("iscrowd", 0), where))
+    iscrowd = 1 if label_of[category] == IGNORE_LABEL else iscrowd
     segmentation = ann.get("segmentation")
     if isinstance(segmentation, str):
         segmentation = json.loads(segmentation)
@@ -263,9 +277,9 @@ def _labelme_instances(
     groups: dict[tuple, Instance] = {}
     for index, shape in enumerate(data.get("shapes", [])):
         label, where = str(shape.get("label")), f"{file.name} shape {index}"
-        if label in SKIPPED_NAMES:
+        if label in SKIPPED_NAMES - {IGNORE_NAME}:
             continue
-        if label not in label_of:
+        if label not in label_of and label != IGNORE_NAME:
             reader.problem(f"{where}: unknown label {label!r}", fatal=True)
             continue
         flat = _shape_polygon(shape.get("shape_type", "polygon"), shape.get("points", []))
@@ -277,7 +291,12 @@ def _labelme_instances(
             continue
         group = shape.get("group_id")
         key = (label, group) if group is not None else (label, "shape", index)
-        groups.setdefault(key, Instance(label_of[label], polygons=[])).polygons.append(polygon)
+        if key not in groups:
+            ignore = label == IGNORE_NAME
+            groups[key] = Instance(
+                IGNORE_LABEL if ignore else label_of[label], polygons=[], iscrowd=int(ignore)
+            )
+        groups[key].polygons.append(polygon)
     return list(groups.values())
 
 
@@ -618,12 +637,13 @@ def check_instances(source: Path, *, images: Path | None = None) -> tuple[str, l
     """
     instance_set = read_instances(source, images=images, strict=False)
     per_class = Counter(i.label for r in instance_set.records for i in r.instances)
-    crowd = sum(i.iscrowd for r in instance_set.records for i in r.instances)
+    ignore = per_class.pop(IGNORE_LABEL, 0)
+    crowd = sum(i.iscrowd for r in instance_set.records for i in r.instances) - ignore
     empty = [r.image.name for r in instance_set.records if not r.instances]
     lines = [
         f"instance source: {instance_set.source}",
         f"images: {len(instance_set.records)}, instances: {sum(per_class.values())}"
-        f" (crowd {crowd}), empty images: {len(empty)}",
+        f" (crowd {crowd}), ignore regions: {ignore}, empty images: {len(empty)}",
         "instances per class:",
     ]
     for label, name in enumerate(instance_set.class_names, start=1):

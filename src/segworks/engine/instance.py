@@ -5,14 +5,21 @@ every flag is read with getattr and a default, so a command only needs to define
 offers. Flags read:
     train    --data --model --out -e/--epochs -b/--batch-size -l/--lr --optimizer --resume
              --accum-steps --amp --seed --device/-g --workers --val-split --val-data --weights
-             --backbone-weights --gamma --roi-size --freeze-bn --bn2affine --min-size --max-size
-             --instance-format --images --warmup
+             --reset-classifier --backbone-weights --gamma --roi-size --freeze-bn --bn2affine
+             --min-size --max-size --model-arg --instance-format --images --warmup --tensorboard
+             --progress (--no-amp, --no-tensorboard, --no-progress; AMP is on by default on CUDA)
     eval     checkpoint --data --ann --images --json --device --min-size --max-size
     predict  checkpoint inputs --out --score-threshold --contour --coco-json --device
 
-Checkpoints (segworks.checkpoint layout) keep meta = {task: "instance", class_names, palette}
-where class_names[0] is "background" and class_names[k] is the name of label k; `last.pt` holds
-the training state for --resume, `best.pt` the weights with the best validation mask AP.
+Checkpoints (segworks.checkpoint layout) keep meta = {task: "instance", class_names, palette,
+category_ids} where class_names[0] is "background", class_names[k] is the name of label k and
+category_ids[k - 1] its category id in the training data (used in predict's COCO results);
+`last.pt` holds the training state for --resume, `best.pt` the weights with the best validation
+mask AP.
+
+`--weights CKPT` starts from a checkpoint or state dict of the same architecture; with
+`--reset-classifier` the class-specific layers (box predictor and the mask predictor's last
+layer) are left freshly initialised, so the checkpoint may have another class count.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from segworks.data.meta import voc_palette
 from segworks.errors import DataError
 from segworks.fileio import save_image, save_json
 from segworks.models import build_model
+from segworks.models.mask_rcnn import CLASSIFIER_PREFIXES, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +109,10 @@ def model_kwargs_from_args(args, num_classes: int) -> dict:
             kwargs[key] = int(getattr(args, key))
     if not name.startswith("maskrcnn"):
         raise ValueError(f"--task instance needs a maskrcnn_* model, got {name!r}")
+    if getattr(args, "model_arg", None):
+        from segworks.commands.train import parse_model_args
+
+        kwargs |= parse_model_args(list(args.model_arg))
     return kwargs
 
 
@@ -112,17 +124,32 @@ def build_instance_model(args, num_classes: int) -> tuple[torch.nn.Module, dict]
         if name == "maskrcnn_tiny":
             raise ValueError("maskrcnn_tiny has no ImageNet backbone; drop --backbone-weights")
         extra["backbone_weights"] = Path(args.backbone_weights)
+    model = build_model(name, **kwargs, **extra)
     if getattr(args, "weights", None):
-        extra["weights"] = Path(args.weights)
-    return build_model(name, **kwargs, **extra), kwargs
+        load_initial_weights(model, Path(args.weights), bool(getattr(args, "reset_classifier", 0)))
+    return model, kwargs
 
 
-def instance_meta(class_names: list[str]) -> dict:
+def load_initial_weights(model: torch.nn.Module, path: Path, reset_classifier: bool) -> None:
+    """--weights: all weights, or with `reset_classifier` all but the class-specific layers."""
+    try:
+        load_weights(model, path, ignore_prefixes=CLASSIFIER_PREFIXES if reset_classifier else ())
+    except DataError as error:
+        if reset_classifier or "shapes differ" not in error.problem:
+            raise
+        hint = "; for another class count add --reset-classifier"
+        raise DataError(path, error.problem + hint) from None
+    if reset_classifier:
+        log.info("%s: loaded all but the class-specific layers %s", path, CLASSIFIER_PREFIXES)
+
+
+def instance_meta(class_names: list[str], category_ids: list[int] | None = None) -> dict:
     names = ["background", *class_names]
     return {
         "task": "instance",
         "class_names": names,
         "palette": [list(c) for c in voc_palette(len(names))],
+        "category_ids": [int(c) for c in category_ids or range(1, len(names))],
     }
 
 
@@ -211,6 +238,7 @@ class _Trainer:
         instance_set = read_args_data(args)
         self.train_set, self.val_set = _datasets(args, instance_set)
         self.class_names = instance_set.class_names
+        self.category_ids = instance_set.category_ids
         self.model, self.model_kwargs = build_instance_model(args, instance_set.num_classes)
         self.model.to(self.device)
         self.accum = max(1, int(_arg(args, "accum_steps", 1)))
@@ -228,11 +256,12 @@ class _Trainer:
         self.optimizer = _optimizer(args, self.model)
         warmup = int(_arg(args, "warmup", min(200, total // 5)))
         self.scheduler = _scheduler(self.optimizer, total, max(1, warmup))
-        self.amp = bool(getattr(args, "amp", False)) and self.device.type == "cuda"
+        self.amp = bool(_arg(args, "amp", True)) and self.device.type == "cuda"  # --no-amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch, self.step, self.best = 0, 0, -math.inf
         if getattr(args, "resume", None):
-            self._resume(Path(args.resume))
+            resume = Path(args.resume)
+            self._resume(resume / "last.pt" if resume.is_dir() else resume)
 
     def _resume(self, path: Path) -> None:
         checkpoint = load_checkpoint(path)
@@ -251,7 +280,7 @@ class _Trainer:
             "model": self.model.state_dict(),
             "model_name": _arg(self.args, "model", "maskrcnn_r50_fpn"),
             "model_kwargs": self.model_kwargs,
-            "meta": instance_meta(self.class_names),
+            "meta": instance_meta(self.class_names, self.category_ids),
             "config": {k: v for k, v in vars(self.args).items() if _plain(v)},
             "metrics": metrics,
             "epoch": self.epoch,
@@ -268,7 +297,12 @@ class _Trainer:
 
     def train_epoch(self, writer) -> float:
         self.model.train()
-        total, bar = 0.0, tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{self.epochs}")
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {self.epoch + 1}/{self.epochs}",
+            disable=not _arg(self.args, "progress", True),
+        )
+        total = 0.0
         for index, (images, targets) in enumerate(bar):
             images = [image.to(self.device) for image in images]
             targets = _targets_for_training(targets, self.device)
@@ -292,7 +326,8 @@ class _Trainer:
         return total / max(1, len(self.loader))
 
     def fit(self) -> dict:
-        writer, metrics = _tensorboard(self.out), {}
+        metrics = {}
+        writer = _tensorboard(self.out) if _arg(self.args, "tensorboard", True) else None
         while self.epoch < self.epochs:
             train_loss = self.train_epoch(writer)
             metrics = {"train_loss": train_loss}
@@ -460,6 +495,8 @@ def run_predict(args) -> int:
     model.to(device)
     out = Path(_arg(args, "out", "predictions"))
     threshold = float(_arg(args, "score_threshold", 0.5))
+    category_ids = meta.get("category_ids") or range(1, len(meta["class_names"]))
+    label_to_category = dict(enumerate(category_ids, start=1))
     results, images = [], []
     for image_id, path in enumerate(tqdm(expand_inputs(list(args.inputs)), desc="predict")):
         try:
@@ -475,7 +512,7 @@ def run_predict(args) -> int:
         images.append(
             {"id": image_id, "file_name": str(path), "height": image.height, "width": image.width}
         )
-        for entry in outputs_to_coco_results(image_id, output):
+        for entry in outputs_to_coco_results(image_id, output, label_to_category):
             results.append(entry | {"file_name": str(path)})
         log.info("%s: %d instances", path, len(output["scores"]))
     save_json(results, Path(_arg(args, "coco_json", out / "results.json")))
