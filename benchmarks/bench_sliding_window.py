@@ -5,7 +5,7 @@ convolutional model (three 3x3 convolutions, `--width` channels, `--classes` out
 
   tile_batch   one forward pass over a batch of `--tile-batch` tiles (the unit slide mode repeats)
   whole        segworks.inference.Predictor, whole-image mode, on a `--whole` x `--whole` image
-  slide        Predictor, slide mode (Gaussian blending, strips reduced to labels at once), on a
+  slide        Predictor, slide mode (Gaussian blending, blocks reduced to labels at once), on a
                `--big` x `--big` image
   slide_logits (with --full-logits) slide_logits on the big image, keeping the full float logits
 
@@ -13,7 +13,8 @@ For each: the resident memory before the prediction (imports, model and the uint
 the peak resident memory during it (Linux VmHWM, reset through /proc/self/clear_refs), the peak
 minus the before value ("extra"), and the wall time. The big image's own uint8 pixels (3 bytes
 per pixel) and the uint8 label map (1 byte per pixel) are floors no tiling removes; they are
-printed too.
+printed too, with the ratio of slide's extra to one tile batch's extra, with and without the
+label map (the target: about 2 without it).
 
     .venv/bin/python benchmarks/bench_sliding_window.py            # 8000 vs 2000, tile 512
     .venv/bin/python benchmarks/bench_sliding_window.py --big 2000 --whole 1000   # quick
@@ -170,9 +171,11 @@ def main() -> None:
         f"\nfloors of the {args.big}x{args.big} image: uint8 input {3 * big_pixels / MIB:.0f} MiB "
         f"(in 'before'), uint8 labels {big_pixels / MIB:.0f} MiB (in 'extra')"
     )
+    label_map = big_pixels / MIB
     print(
-        f"slide extra / one tile batch extra = {slide_extra / max(tile_extra, 1e-9):.2f}; "
-        f"slide extra without the label map = {slide_extra - big_pixels / MIB:.0f} MiB"
+        f"slide extra / one tile batch extra = {slide_extra / max(tile_extra, 1e-9):.2f} "
+        f"(with the label map); {(slide_extra - label_map) / max(tile_extra, 1e-9):.2f} "
+        f"without it ({slide_extra - label_map:.0f} MiB)"
     )
 
 

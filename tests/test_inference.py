@@ -11,11 +11,13 @@ from segworks.inference import (
     InferenceOptions,
     Predictor,
     gaussian_weights,
+    iter_blocks,
     iter_strips,
     predict_logits,
     resolve_stride,
     window_starts,
 )
+from segworks.inference.sliding_window import _shift_left
 from segworks.inference.tta import model_forward, tta_logits
 
 RF_RADIUS = 3  # three 3x3 convolutions
@@ -158,6 +160,59 @@ def test_strips_are_consecutive_and_cover_every_row():
     for (_, end, _), (start, _, _) in zip(bands, bands[1:]):
         assert end == start
     assert all(shape == (3, y1 - y0, 40) for y0, y1, shape in bands)
+
+
+@pytest.mark.parametrize("size", [(75, 40), (40, 75)])
+def test_blocks_tile_the_image_once_and_equal_slide_logits(size):
+    model, image = make_model(), random_image(*size)
+    kwargs = {"tile": (24, 16), "stride": (10, 12), "batch_size": 2}
+    full = predict_logits(model, image, mode="slide", **kwargs)[0]
+    seen = torch.zeros(size, dtype=torch.int64)
+    for y0, y1, x0, x1, logits in iter_blocks(model_forward(model), image, **kwargs):
+        assert logits.shape == (3, y1 - y0, x1 - x0)
+        assert y1 - y0 <= 24 and x1 - x0 <= 16  # a block never exceeds one tile
+        seen[y0:y1, x0:x1] += 1
+        torch.testing.assert_close(logits, full[:, y0:y1, x0:x1], rtol=1e-5, atol=1e-6)
+    assert (seen == 1).all()
+
+
+@pytest.mark.parametrize("size", [(40, 300), (300, 40)])
+def test_blocks_stream_out_along_the_short_side_first(size):
+    """The first block is final after the first tile batch, and blocks run across the short
+    side of the image before moving along the long one: what waits for the next row of tiles
+    spans the short side, whichever it is, not the long one."""
+    model, image = make_model(), random_image(*size)
+    calls = []
+    forward = model_forward(model)
+
+    def counting(tiles):
+        calls.append(len(tiles))
+        return forward(tiles)
+
+    blocks = iter_blocks(counting, image, tile=(16, 16), stride=(12, 12), batch_size=2)
+    first = next(blocks)
+    assert calls == [2]
+    starts = [first[:4:2]] + [block[:4:2] for block in blocks]  # (y0, x0) of each block
+    assert len(starts) == sum(calls) == 3 * 25  # 3 tiles across, 25 along
+    long_axis = 0 if size[0] > size[1] else 1
+    assert [start[long_axis] for start in starts[:3]] == [0, 0, 0]
+    assert sorted(start[1 - long_axis] for start in starts[:3]) == [0, 12, 24]
+
+
+def test_blocks_run_without_autograd():
+    model, image = make_model(), random_image(30, 30)
+    for *_, logits in iter_blocks(model_forward(model), image, tile=(16, 16), stride=(8, 8)):
+        assert not logits.requires_grad
+
+
+@pytest.mark.parametrize("shift", [0, 1, 3, 4, 7, 10, 12])
+def test_shift_left_moves_columns_and_zeroes_the_rest(shift):
+    buffer = torch.arange(2 * 3 * 10, dtype=torch.float32).view(2, 3, 10)
+    expected = torch.zeros_like(buffer)
+    if shift < 10:
+        expected[..., : 10 - shift] = buffer[..., shift:]
+    _shift_left(buffer, shift)
+    assert torch.equal(buffer, expected if shift else torch.arange(60.0).view(2, 3, 10))
 
 
 def test_margin_larger_than_overlap_allows_is_an_error():

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from segworks.config import LOSSES, OPTIMIZERS, SCHEDULES, TASKS, TrainConfig
+from segworks.recipes import RECIPES, recipe_settings
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="without a val split, hold out this fraction of train (default 0.1)")  # fmt: skip
     data.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable pairs")
 
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument("--recipe", choices=sorted(RECIPES), help=_recipe_help())
+
     model = parser.add_argument_group("model")
     model.add_argument("--model", help="registry name (segworks models); default unet")
     model.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -66,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("-e", "--epochs", type=int)
+    optim.add_argument("--epoch-repeats", type=int, help="passes over the train images per epoch")
     optim.add_argument("-b", "--batch-size", type=int, help="per process")
     optim.add_argument("-l", "--lr", type=float, help="learning rate (Adam's alpha)")
     optim.add_argument("--optimizer", choices=OPTIMIZERS)
@@ -85,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     aug.add_argument("--scale-range", type=float, nargs=2, metavar=("LOW", "HIGH"))
     aug.add_argument("--no-hflip", dest="hflip", action="store_false", default=None)
     aug.add_argument("--jitter", type=float, help="colour jitter strength (0 = off)")
-    aug.add_argument("--eval-size", type=int, help="validate resized to this square size")
+    aug.add_argument("--eval-size", type=int, nargs="+", metavar="N",
+                     help="validate resized to N x N, or to H W")  # fmt: skip
     aug.add_argument("--mean", type=float, nargs=3, help="normalisation mean (0..1 scale)")
     aug.add_argument("--std", type=float, nargs=3)
 
@@ -112,8 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     instance.add_argument("--roi-size", type=int, default=14)
     instance.add_argument("--freeze-bn", action="store_true")
     instance.add_argument("--bn2affine", action="store_true", help="BatchNorm -> frozen affine")
-    instance.add_argument("--min-size", type=int, default=800)
-    instance.add_argument("--max-size", type=int, default=1333)
+    instance.add_argument("--min-size", type=int, help="shortest side (default: the model's)")
+    instance.add_argument("--max-size", type=int, help="longest side (default: the model's)")
     instance.add_argument("--instance-format", default="auto")
 
 
@@ -141,6 +147,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = _given_fields(args)
     if args.resume:
         return _resume_config(args.resume, given)
+    if getattr(args, "recipe", None):
+        given = recipe_settings(args.recipe, given)
     given.setdefault("model", DEFAULT_MODEL.get(given.get("task") or "semantic", "unet"))
     given.setdefault("out", f"runs/{given['model']}-{time.strftime('%Y%m%d-%H%M%S')}")
     return TrainConfig(**given)
@@ -156,6 +164,8 @@ def _given_fields(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("scale_range", "mean", "std"):
         if key in given:
             given[key] = tuple(given[key])
+    if "eval_size" in given:
+        given["eval_size"] = _eval_size(given["eval_size"])
     return given
 
 
@@ -189,6 +199,17 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
             )
         kwargs[key] = yaml.safe_load(value)
     return kwargs
+
+
+def _eval_size(values: list[int]) -> int | tuple[int, int]:
+    if len(values) not in (1, 2):
+        raise ValueError(f"--eval-size takes N or H W, got {len(values)} numbers")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _recipe_help() -> str:
+    names = "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
+    return f"start from a named recipe (flags still win): {names}"
 
 
 def _names(text: str) -> list[str]:

@@ -13,6 +13,7 @@ from segworks.inference.predictor import (
 )
 from segworks.inference.sliding_window import (
     gaussian_weights,
+    iter_blocks,
     iter_strips,
     resolve_stride,
     slide_logits,
@@ -27,6 +28,7 @@ __all__ = [
     "Predictor",
     "predict_logits",
     "gaussian_weights",
+    "iter_blocks",
     "iter_strips",
     "resolve_stride",
     "slide_logits",

@@ -3,8 +3,9 @@ TTA, and the task's decision rule (argmax, or sigmoid > threshold for binary mod
 
 `predict_logits` is the tensor-level entry point. `Predictor` works on PIL images / uint8 arrays
 at their original size and is what `segworks eval` and `segworks predict` use. In slide mode
-without a resize it never holds the image's float logits: each finished strip of the sliding
-window is reduced to labels (and, for binary models, probabilities) at once.
+without a resize it never holds the image's float logits: each finished block of the sliding
+window (about one stride square) is reduced to labels (and, for binary models, probabilities) and
+written into the output at once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD
-from segworks.inference.sliding_window import iter_strips, resolve_stride, slide_logits
+from segworks.inference.sliding_window import iter_blocks, resolve_stride, slide_logits
 from segworks.inference.tta import Forward, check_scales, model_forward, tta_forward
 
 MODES = ("whole", "slide")
@@ -201,18 +202,18 @@ class Predictor:
         }
 
     def _predict_streaming(self, array: np.ndarray) -> Prediction:
-        """Slide mode at the original size: each finished strip becomes labels at once."""
+        """Slide mode at the original size: each finished block becomes labels at once."""
         image = _chw_view(array)[None]
         height, width = array.shape[:2]
         labels: np.ndarray | None = None
         prob = np.empty((height, width), np.float32) if self.task == "binary" else None
-        for y0, y1, strip in iter_strips(self.forward, image, **self._slide_kwargs()):
-            part = self._decide(strip[None])
+        for y0, y1, x0, x1, block in iter_blocks(self.forward, image, **self._slide_kwargs()):
+            part = self._decide(block[None])
             if labels is None:
                 labels = np.empty((height, width), part.labels.dtype)
-            labels[y0:y1] = part.labels
+            labels[y0:y1, x0:x1] = part.labels
             if prob is not None:
-                prob[y0:y1] = part.prob
+                prob[y0:y1, x0:x1] = part.prob
         return Prediction(labels, prob)
 
     def _decide(self, logits: Tensor) -> Prediction:
