@@ -57,6 +57,9 @@ def compare(
 ) -> dict:
     """Time every function `repeats` times, alternating them; `warmup` untimed rounds first.
 
+    Odd rounds run the contenders in reverse order (A B, B A, A B, ...), so neither side always
+    runs first, straight after the other's allocations or in a warmer cache.
+
     Returns {"names": [...], "times": {name: [seconds]}, "stats": {name: {min, median, max}},
     "ratio": {name: median / first's median}, "paired": {name: {min, median, max} of the
     per-round ratios name / first}}. `sync` runs before and after each call (CUDA: synchronize).
@@ -67,8 +70,9 @@ def compare(
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     sync = sync or (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns.items())
     for round_index in range(warmup + repeats):
-        for name, fn in fns.items():
+        for name, fn in order if round_index % 2 == 0 else order[::-1]:
             sync()
             start = time.perf_counter()
             fn()

@@ -22,11 +22,11 @@ if str(ROOT) not in sys.path:
 common = pytest.importorskip("benchmarks.common")
 
 
-def test_compare_alternates_contenders_every_round():
+def test_compare_alternates_contenders_and_their_order_every_round():
     calls: list[str] = []
     fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
     result = common.compare(fns, repeats=3, warmup=2)
-    assert calls == ["a", "b", "c"] * 5
+    assert calls == ["a", "b", "c", "c", "b", "a"] * 2 + ["a", "b", "c"]
     assert result["names"] == ["a", "b", "c"]
     assert all(len(result["times"][name]) == 3 for name in "abc")
     for name in "abc":
