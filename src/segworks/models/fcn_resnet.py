@@ -17,47 +17,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-from segworks.models.backbones import ResNetEncoder, resnet_encoder
-from segworks.models.deeplabv3 import FCNHead
+from segworks.models.backbones import resnet_encoder
+from segworks.models.deeplabv3 import DeepLabV3, FCNHead
 from segworks.models.weights import load_weights
 
 __all__ = ["FCNResNet", "fcn_resnet", "fcn_resnet50", "fcn_resnet101"]
 
 
-class FCNResNet(nn.Module):
-    """Backbone -> FCN head on layer4 (+ aux head on layer3); {"out", "aux"} at input size."""
+class FCNResNet(DeepLabV3):
+    """Backbone -> FCN head on layer4 (+ aux head on layer3); {"out", "aux"} at input size.
 
-    def __init__(
-        self, backbone: ResNetEncoder, classifier: nn.Module, aux_classifier: nn.Module | None
-    ):
-        super().__init__()
-        self.backbone = backbone
-        self.classifier = classifier
-        self.aux_classifier = aux_classifier
-        self.classifier_names = ("classifier.4",) + (
-            ("aux_classifier.4",) if aux_classifier is not None else ()
-        )
+    The wiring is DeepLabV3's (torchvision's models share it too); only the head differs.
+    """
 
     @torch.no_grad()
     def reset_classifier(self) -> None:
         """Re-initialise the final 1x1 convolutions (PyTorch's default initialisation)."""
         for name in self.classifier_names:
             self.get_submodule(name).reset_parameters()
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        size = x.shape[-2:]
-        features = self.backbone(x)
-        result = {"out": _upsample(self.classifier(features["layer4"]), size)}
-        if self.aux_classifier is not None:
-            result["aux"] = _upsample(self.aux_classifier(features["layer3"]), size)
-        return result
-
-
-def _upsample(x: Tensor, size: torch.Size) -> Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def fcn_resnet(
