@@ -72,7 +72,7 @@ class TrainConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)
     hflip: bool = True
     jitter: float = 0.0
-    eval_size: int | None = None  # validate at a fixed square size; None: as loaded
+    eval_size: int | tuple[int, int] | None = None  # validate at N x N or (H, W); None: as loaded
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 

@@ -1,4 +1,4 @@
-"""`segworks demo`: write the built-in shapes dataset, train a small U-Net for about a minute,
+"""`segworks demo`: write the built-in shapes dataset, train a small U-Net for 1.5 minutes,
 evaluate it on the val split, save overlays of a few val images and say where everything is.
 
 `--data DIR` trains on a real dataset instead (any layout `segworks train --data` reads).
@@ -17,17 +17,18 @@ from segworks.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-DEMO_MODEL = {"base_width": 8, "depth": 3}
 NUM_OVERLAYS = 6
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
     parser.add_argument("--data", help="train on this dataset instead of the synthetic one")
-    parser.add_argument("--minutes", type=float, default=1.0, help="training budget (default 1)")
+    parser.add_argument("--minutes", type=float, default=1.5, help="training budget (1.5)")
     parser.add_argument("--epochs", type=int, help="default: as many as fit in --minutes")
     parser.add_argument("--crop-size", type=int, help="default 64 (synthetic) or 256")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-train", type=int, default=384, help="synthetic train images")
+    parser.add_argument("--num-val", type=int, default=64, help="synthetic val images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
@@ -38,7 +39,12 @@ def run(args: argparse.Namespace) -> int:
     if args.minutes <= 0:
         raise ValueError(f"--minutes must be > 0, got {args.minutes}")
     out = Path(args.out)
-    data = Path(args.data) if args.data else synthetic_data(out / "data", seed=args.seed)
+    if args.data:
+        data = Path(args.data)
+    else:
+        data = synthetic_data(
+            out / "data", seed=args.seed, num_train=args.num_train, num_val=args.num_val
+        )
     cfg = demo_config(args, data, out / "run")
     started = time.monotonic()
     run_dir = train(cfg)
@@ -49,67 +55,47 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def synthetic_data(root: Path, *, seed: int) -> Path:
+def synthetic_data(root: Path, *, seed: int, num_train: int = 384, num_val: int = 64) -> Path:
     from segworks.data.synthetic import write_shapes_dataset
 
     if (root / "class_names.txt").is_file():
         log.info("using the synthetic dataset already in %s", root)
         return root
-    return write_shapes_dataset(root, seed=seed)
+    return write_shapes_dataset(root, seed=seed, num_train=num_train, num_val=num_val)
 
 
 def demo_config(args: argparse.Namespace, data: Path, out: Path) -> TrainConfig:
-    """A small U-Net, Adam with a poly schedule, and as many epochs as fit the time budget."""
-    cfg = TrainConfig(
+    """The `demo` recipe (a BN U-Net, AdamW with warm-up and cosine decay) with as many epochs
+    as fit the time budget; real data (--data) gets larger crops and scales."""
+    from segworks.recipes import epochs_for_budget, recipe_settings
+
+    overrides = dict(
         data=str(data),
-        model="unet",
-        model_kwargs=dict(DEMO_MODEL),
         batch_size=args.batch_size,
-        lr=3e-3,
-        weight_decay=0.0,
-        crop_size=args.crop_size or (256 if args.data else 64),
-        scale_range=(0.75, 1.25) if not args.data else (0.5, 2.0),
-        workers=0,
         seed=args.seed,
         device=args.device,
         out=str(out),
-        epochs=args.epochs or 1,
-        max_minutes=None if args.epochs else 1.25 * args.minutes,
-        snapshot_every=0,
         tensorboard=False,
+        max_minutes=None if args.epochs else 1.25 * args.minutes,
     )
-    if not args.epochs:
-        cfg.epochs = epochs_for_budget(cfg, args.minutes)
+    if args.data:
+        overrides.update(crop_size=256, scale_range=(0.5, 2.0))
+    if args.crop_size:
+        overrides["crop_size"] = args.crop_size
+    cfg = TrainConfig(**recipe_settings("demo", overrides))
+    if args.epochs:
+        cfg.epochs = args.epochs
+    else:
+        cfg.epochs = epochs_for_budget(cfg, args.minutes, train_images=train_image_count(cfg))
+    cfg.warmup = min(cfg.warmup, cfg.epochs * train_image_count(cfg) // (4 * cfg.batch_size))
     return cfg
 
 
-def epochs_for_budget(cfg: TrainConfig, minutes: float) -> int:
-    """Time a few training steps of the demo model and fit whole epochs into `minutes`."""
+def train_image_count(cfg: TrainConfig) -> int:
     from segworks.data import open_source
-    from segworks.engine.train import build_train_model, resolve_device
+    from segworks.engine.train import split_samples
 
-    source = open_source(cfg.data)
-    device = resolve_device(cfg.device)
-    model = build_train_model(cfg, source.meta).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    images = torch.randn(cfg.batch_size, 3, cfg.crop_size, cfg.crop_size, device=device)
-    target = torch.zeros(cfg.batch_size, cfg.crop_size, cfg.crop_size, dtype=torch.long)
-    seconds = []
-    for _ in range(4):
-        start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(images)["out"], target.to(device))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    step = sorted(seconds[1:])[1] * 1.15  # median of the warm steps, plus loading and logging
-    images_per_epoch = sum(len(v) for k, v in source.splits.items() if k == "train")
-    steps_per_epoch = max(1, images_per_epoch // cfg.batch_size)
-    epochs = max(1, int(60 * minutes / (step * steps_per_epoch)))
-    log.info("demo: %.0f ms per step -> %d epochs in %.1f minutes", 1000 * step, epochs, minutes)
-    return epochs
+    return len(split_samples(cfg, open_source(cfg.data).splits)[0])
 
 
 @torch.no_grad()

@@ -37,7 +37,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import (
+    ConcatDataset,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    Sampler,
+    Subset,
+)
 from tqdm import tqdm
 
 import segworks
@@ -567,6 +574,8 @@ def build_data(cfg: TrainConfig) -> Data:
         transform = eval_transforms(size=cfg.eval_size, mean=cfg.mean, std=cfg.std)
         val_set = source.dataset(val_samples, transform=transform, skip_bad=cfg.skip_bad)
     weights = median_weights(train_set, meta) if cfg.class_weights == "median" else None
+    if cfg.epoch_repeats > 1:
+        train_set = ConcatDataset([train_set] * cfg.epoch_repeats)
     return Data(meta=meta, train_set=train_set, val_set=val_set, class_weights=weights)
 
 

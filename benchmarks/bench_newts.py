@@ -1,0 +1,228 @@
+"""segworks' `small` recipe on the seed tutorial's newts (train -> test), against the tutorial's
+own recipe.
+
+    python -m benchmarks.bench_newts                   # the recipe, seeds 0 1 2, 10 minutes each
+    python -m benchmarks.bench_newts --baseline        # the seed tutorial's recipe as well
+    python -m benchmarks.bench_newts --validate        # choose settings: 4 train images held out
+
+Every seed trains from scratch for `--minutes` on the CPU (the epochs are fitted to the time by
+timing a few steps first; the recipe's cosine schedule then ends on time) and is scored once on
+the test split at the images' original resolution with the last checkpoint. `--clock cpu` fits
+the epochs to CPU time of one process instead of wall time: on a machine shared with other jobs
+that is what "N minutes on the CPU" means (with `--threads 1` a run gets no more work done than
+a 2-thread run in the same wall time on two free cores). `--jobs 2` runs two seeds at once.
+
+`--validate` holds out 4 of the 16 train images (the engine's fixed carve, seed 0) and scores
+those instead of the test split: settings are chosen there, never on the test images.
+
+The seed tutorial's recipe (`--baseline`): its UNet-like net (BN U-Net, 32 channels, depth 4),
+every image resized to 64x64, SGD lr 0.01 momentum 0.9, batch 4, horizontal flips, 1000
+iterations; scored at the original resolution (the 64x64 logits resized back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import logging
+import multiprocessing
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+NEWTS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "newts"
+VAL_FRACTION = 0.25  # 4 of 16 train images for --validate
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not (args.data / "train").is_dir():
+        print(f"no newts data at {args.data}")
+        return 2
+    print(
+        f"newts: {args.data} ({'validation: 4 train images held out' if args.validate else 'train -> test'})"
+    )
+    print(f"recipe {args.recipe} {args.set or ''}; {args.minutes} min per seed by the {args.clock} "
+          f"clock; {args.threads} threads; {args.jobs} job(s) at once")  # fmt: skip
+    rows = run_all(args, "recipe")
+    print(table(f"segworks recipe '{args.recipe}'", rows))
+    if args.baseline:
+        print(table("seed tutorial recipe (64 px, SGD 0.01, 1000 it)", run_all(args, "baseline")))
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=NEWTS)
+    parser.add_argument("--recipe", default="small")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--minutes", type=float, default=10.0, help="training time per seed")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once")
+    parser.add_argument("--baseline", action="store_true", help="also the tutorial's recipe")
+    parser.add_argument("--validate", action="store_true", help="score held-out train images")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe setting (JSON value), e.g. --set lr=0.001")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def run_all(args: argparse.Namespace, which: str) -> list[dict]:
+    work = run_baseline if which == "baseline" else run_recipe
+    context = multiprocessing.get_context("spawn")  # a fresh torch per run: threads, RNG
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        futures = [pool.submit(work, vars(args), seed) for seed in args.seeds]
+        rows = [future.result() for future in futures]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- the recipe
+def run_recipe(options: dict, seed: int) -> dict:
+    from segworks.engine.train import split_samples, train
+    from segworks.recipes import epochs_for_budget, recipe_config
+
+    torch.set_num_threads(options["threads"])
+    with tempfile.TemporaryDirectory(prefix="bench_newts_") as folder:
+        overrides = dict(
+            data=str(options["data"]),
+            seed=seed,
+            device="cpu",
+            out=folder,
+            progress=False,
+            tensorboard=False,
+            snapshot_every=0,
+            val_split=VAL_FRACTION if options["validate"] else 0.0,
+        )
+        overrides.update(parse_sets(options["set"]))
+        if options["clock"] == "cpu":
+            overrides.update(workers=0, max_minutes=None)  # loading counted in this process
+        else:
+            overrides["max_minutes"] = options["minutes"]
+        cfg = recipe_config(options["recipe"], **overrides)
+        source = open_newts(cfg)
+        train_samples, val_samples = split_samples(cfg, source.splits)
+        clock = time.process_time if options["clock"] == "cpu" else time.perf_counter
+        budget = options["minutes"] * (options["threads"] if options["clock"] == "cpu" else 1)
+        cfg.epochs = epochs_for_budget(cfg, budget, train_images=len(train_samples), clock=clock)
+        cfg.warmup = min(cfg.warmup, cfg.epochs * steps_per_epoch(cfg, len(train_samples)) // 4)
+        wall, cpu = time.perf_counter(), time.process_time()
+        run_dir = train(cfg)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        test = val_samples if options["validate"] else source.splits["test"]
+        scores = score(run_dir / "last.pt", source.dataset(test))
+    return {"seed": seed, "epochs": cfg.epochs, "train_min": wall / 60, "cpu_min": cpu / 60,
+            **scores}  # fmt: skip
+
+
+def steps_per_epoch(cfg, images: int) -> int:
+    return max(1, images * cfg.epoch_repeats // cfg.batch_size)
+
+
+def open_newts(cfg):
+    from segworks.data import open_source
+
+    return open_source(cfg.data)
+
+
+def parse_sets(items: list[str]) -> dict:
+    settings = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        settings[key] = json.loads(value)
+        if key in ("scale_range", "eval_size") and isinstance(settings[key], list):
+            settings[key] = tuple(settings[key])
+    return settings
+
+
+def score(checkpoint: Path, dataset, size: tuple[int, int] | None = None) -> dict:
+    """mIoU and per-class IoU at the original resolution, from the checkpoint alone."""
+    from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+    from segworks.engine.evaluate import evaluate
+
+    saved = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(saved, checkpoint).eval()
+    meta = saved["meta"]
+    results = evaluate(model, dataset, meta, mean=meta["mean"], std=meta["std"], size=size,
+                       progress=False)  # fmt: skip
+    return {"miou": results["miou"], "iou": [round(v, 4) for v in results["iou"]]}
+
+
+# --------------------------------------------------------------------------- the baseline
+def run_baseline(options: dict, seed: int) -> dict:
+    """The seed tutorial's recipe, written out as the tutorial does it."""
+    from segworks.checkpoint import save_checkpoint
+    from segworks.config import TrainConfig
+    from segworks.data import open_source
+    from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD
+    from segworks.engine.train import split_samples
+    from segworks.models import build_model
+
+    torch.set_num_threads(options["threads"])
+    torch.manual_seed(seed)
+    source = open_source(str(options["data"]))
+    cfg = TrainConfig(
+        data=str(options["data"]), val_split=VAL_FRACTION if options["validate"] else 0.0
+    )
+    train_samples, val_samples = split_samples(cfg, source.splits)
+    images, targets = load_resized(source.dataset(train_samples), 64)
+    kwargs = {"base_width": 32, "depth": 4}
+    model = build_model("unet", num_classes=3, **kwargs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    generator = torch.Generator().manual_seed(seed)
+    wall = time.perf_counter()
+    model.train()
+    for _ in range(1000):
+        batch = torch.randint(0, len(images), (4,), generator=generator)
+        x, y = images[batch], targets[batch]
+        flip = torch.rand(4, generator=generator) < 0.5
+        x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
+        loss = F.cross_entropy(model(x)["out"], y, ignore_index=255)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    wall = time.perf_counter() - wall
+    test = val_samples if options["validate"] else source.splits["test"]
+    with tempfile.TemporaryDirectory(prefix="bench_newts_") as folder:
+        path = Path(folder) / "baseline.pt"
+        meta = {**source.meta.to_dict(), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+        save_checkpoint(path, {"model": model.state_dict(), "model_name": "unet",
+                               "model_kwargs": {"num_classes": 3, **kwargs}, "meta": meta})  # fmt: skip
+        scores = score(path, source.dataset(test), size=(64, 64))
+    return {"seed": seed, "epochs": None, "train_min": wall / 60, "cpu_min": None, **scores}
+
+
+def load_resized(dataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image (bilinear) and label (nearest) resized to size x size, ImageNet-normalised."""
+    from segworks.data.transforms import ToTensorNormalize, resize_pair
+
+    to_tensor = ToTensorNormalize()
+    pairs = [to_tensor(*resize_pair(*dataset.read(i), (size, size))) for i in range(len(dataset))]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+# --------------------------------------------------------------------------- report
+def table(title: str, rows: list[dict]) -> str:
+    mious = [row["miou"] for row in rows]
+    per_class = np.array([row["iou"] for row in rows])
+    lines = [title, "seed  epochs  train min  cpu min   mIoU   IoU background akahara madara"]
+    for row in rows:
+        cpu = "-" if row["cpu_min"] is None else f"{row['cpu_min']:.1f}"
+        lines.append(f"{row['seed']:>4}  {row['epochs'] or '-':>6}  {row['train_min']:>9.1f}  "
+                     f"{cpu:>7}  {row['miou']:.4f}      " + "  ".join(f"{v:.3f}" for v in row["iou"]))  # fmt: skip
+    lines.append(f"mean mIoU {statistics.mean(mious):.4f}  min {min(mious):.4f}  "
+                 f"max {max(mious):.4f}  (over {len(rows)} seeds)")  # fmt: skip
+    lines.append("mean IoU per class: " + "  ".join(f"{v:.3f}" for v in per_class.mean(axis=0)))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""Named training recipes: TrainConfig defaults that were measured to work on 2 CPU cores.
+
+`segworks train --recipe NAME` starts from a recipe's settings; any flag given on the command
+line wins over them. A recipe's `epochs` are the number that fitted its `minutes` of CPU time on
+one core when it was measured (so two free cores finish sooner), and `max_minutes` stops
+training there at the latest on a slower or busier machine. `epochs_for_budget` fits the epochs
+to a time budget on the machine at hand instead (the benchmarks and `segworks demo` use it).
+The numbers each recipe reached, and the commands that measured them, are in
+benchmarks/RESULTS.md ("Recipes").
+
+* ``small``:  a few dozen photos of a few classes (the seed tutorial's newts). BatchNorm U-Net,
+  192 px crops with scale, flip and colour jitter, AdamW with warm-up and cosine decay, every
+  image seen `epoch_repeats` times per epoch, no validation split (too few images to spare):
+  the last checkpoint is the model.
+* ``camvid``: street scenes at 180x240 (CamVid's half size). BatchNorm U-Net on 176 px crops of
+  images scaled to half size and jittered, median-frequency class weights, validated at 180x240.
+* ``demo``:   the built-in shapes data of `segworks demo` (64 px).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from segworks.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """TrainConfig field values and the training time (2 CPU cores) its epochs were sized for."""
+
+    name: str
+    summary: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    minutes: float | None = None
+
+
+RECIPES: dict[str, Recipe] = {
+    "small": Recipe(
+        name="small",
+        summary="a few dozen photos (newts): BN U-Net, 192 px crops, AdamW + cosine, 10 min",
+        settings=dict(
+            model="unet",
+            model_kwargs={"base_width": 16, "depth": 4},
+            optimizer="adamw",
+            lr=2e-3,
+            weight_decay=1e-4,
+            schedule="cosine",
+            warmup=30,
+            batch_size=8,
+            crop_size=192,
+            scale_range=(0.6, 1.4),
+            hflip=True,
+            jitter=0.2,
+            loss="ce",
+            epochs=20,  # 320 steps on 16 images: what 10 CPU-minutes of one core fitted
+            epoch_repeats=8,
+            val_split=0.0,
+            max_minutes=10.0,
+            workers=1,
+        ),
+        minutes=10.0,
+    ),
+    "camvid": Recipe(
+        name="camvid",
+        summary="street scenes at 180x240: BN U-Net, 176 px crops, median weights, 10 min",
+        settings=dict(
+            model="unet",
+            model_kwargs={"base_width": 16, "depth": 4},
+            optimizer="adamw",
+            lr=2e-3,
+            weight_decay=1e-4,
+            schedule="cosine",
+            warmup=50,
+            batch_size=8,
+            crop_size=176,
+            scale_range=(0.375, 0.75),  # of 360x480: 135x180 .. 270x360, around 180x240
+            hflip=True,
+            jitter=0.1,
+            class_weights="median",
+            epochs=4,  # 4 x 2 passes = 360 steps: what 10 CPU-minutes of one core fitted
+            epoch_repeats=2,
+            eval_size=(180, 240),
+            max_minutes=10.0,
+            workers=1,
+        ),
+        minutes=10.0,
+    ),
+    "demo": Recipe(
+        name="demo",
+        summary="the built-in shapes (64 px): small BN U-Net, AdamW + cosine, about a minute",
+        settings=dict(
+            model="unet",
+            model_kwargs={"base_width": 16, "depth": 3},
+            optimizer="adamw",
+            lr=5e-3,
+            weight_decay=1e-4,
+            schedule="cosine",
+            warmup=30,
+            batch_size=8,
+            crop_size=64,
+            scale_range=(0.8, 1.25),
+            hflip=True,
+            epochs=15,
+            workers=0,
+            snapshot_every=0,
+        ),
+        minutes=1.0,
+    ),
+}
+
+
+def recipe_settings(name: str, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The recipe's TrainConfig fields, overridden by `given` (the flags a user set).
+
+    A recipe's `max_minutes` cap belongs to its `epochs`: when the user sets --epochs, the cap
+    is dropped unless --max-minutes is given too. Another --model drops the recipe's builder
+    keywords.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; expected one of {', '.join(sorted(RECIPES))}")
+    given = dict(given or {})
+    settings = {key: _copy(value) for key, value in RECIPES[name].settings.items()}
+    if "epochs" in given and "max_minutes" not in given:
+        settings.pop("max_minutes", None)
+    if given.get("model", settings.get("model")) != settings.get("model"):
+        settings.pop("model_kwargs", None)  # the recipe's builder keywords fit its own model
+    settings.update(given)
+    return settings
+
+
+def recipe_config(name: str, **overrides: Any) -> TrainConfig:
+    """A TrainConfig of the recipe with `overrides` (which must include the data)."""
+    return TrainConfig(**recipe_settings(name, overrides))
+
+
+def epochs_for_budget(
+    cfg: TrainConfig,
+    minutes: float,
+    *,
+    train_images: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> int:
+    """Whole epochs of `cfg` that fit `minutes` of training on this machine, as it is now.
+
+    Times a few training steps of the model on random crop-sized batches with `clock` (wall
+    time by default; `time.process_time` counts this process's CPU time, which a busy shared
+    machine does not inflate) and adds 15% for data loading and logging. On a busy machine the
+    wall clock gives fewer epochs, so the schedule still ends within the time.
+    """
+    from segworks.engine.train import build_optimizer, resolve_device
+    from segworks.models import build_model
+
+    if minutes <= 0:
+        raise ValueError(f"minutes must be > 0, got {minutes}")
+    device = resolve_device(cfg.device)
+    num_classes = cfg.num_classes or 3
+    model = build_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs).to(device).train()
+    optimizer = build_optimizer(cfg, model)
+    size = cfg.crop_size
+    images = torch.randn(cfg.batch_size, 3, size, size, device=device)
+    target = torch.randint(0, num_classes, (cfg.batch_size, size, size), device=device)
+    seconds = []
+    for _ in range(4):
+        start = clock()
+        loss = torch.nn.functional.cross_entropy(model(images)["out"], target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(clock() - start)
+    step = sorted(seconds[1:])[1] * 1.15  # the median warm step, plus loading and logging
+    steps_per_epoch = max(1, train_images * cfg.epoch_repeats // cfg.batch_size)
+    epochs = max(1, int(60 * minutes / (step * steps_per_epoch)))
+    log.info("%.0f ms per step, %d steps per epoch -> %d epochs in %.1f minutes",
+             1000 * step, steps_per_epoch, epochs, minutes)  # fmt: skip
+    return epochs
+
+
+def _copy(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else value
