@@ -27,15 +27,21 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
         torch.save(checkpoint, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint on the CPU; a missing or unreadable file is a DataError."""
+def read_torch_file(path: str | Path, kind: str = "checkpoint") -> Any:
+    """What `torch.save` wrote to `path`, loaded on the CPU with `weights_only=True`; a missing
+    or unreadable file is a DataError naming the `kind` of file ("checkpoint", "weights")."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, "checkpoint file not found")
+        raise DataError(path, f"{kind} file not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
-        raise DataError(path, f"not a readable torch checkpoint ({error})") from error
+        raise DataError(path, f"not a readable torch {kind} file ({error})") from error
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint on the CPU; a missing or unreadable file is a DataError."""
+    checkpoint = read_torch_file(path, "checkpoint")
     if not isinstance(checkpoint, dict):
         raise DataError(path, f"expected a dict checkpoint, got {type(checkpoint).__name__}")
     return checkpoint

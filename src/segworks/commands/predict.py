@@ -132,20 +132,11 @@ def inference_options(args: argparse.Namespace, checkpoint: dict, *, tta: bool):
 
 
 def resolve_device(args: argparse.Namespace):
-    import torch
+    """--device, overridden by -g/--gpu when given (-1 = CPU)."""
+    from segworks import devices
 
-    name = args.device
-    if args.gpu is not None:
-        name = "cpu" if args.gpu < 0 else f"cuda:{args.gpu}"
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available (use --device cpu)")
-    return device
+    name = args.device if args.gpu is None else devices.gpu_device_name(args.gpu)
+    return devices.resolve_device(name)
 
 
 def checkpoint_task(checkpoint: dict, path: str | Path) -> str:

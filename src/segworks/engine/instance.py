@@ -46,6 +46,7 @@ from segworks.data.instances import (
     read_instances,
 )
 from segworks.data.meta import voc_palette
+from segworks.devices import gpu_device_name, resolve_device
 from segworks.errors import DataError
 from segworks.fileio import save_image, save_json
 from segworks.models import build_model
@@ -64,16 +65,8 @@ def _device(args) -> torch.device:
     device = getattr(args, "device", None)
     gpu = getattr(args, "gpu", None)
     if device in (None, "auto") and isinstance(gpu, int):
-        device = f"cuda:{gpu}" if gpu >= 0 else "cpu"
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but CUDA is not available (use --device cpu)")
-    return device
+        device = gpu_device_name(gpu)
+    return resolve_device(device)
 
 
 # ---------------------------------------------------------------- building blocks

@@ -52,6 +52,7 @@ from segworks import IGNORE_INDEX, losses
 from segworks.checkpoint import load_checkpoint, save_checkpoint
 from segworks.config import TrainConfig, model_kwargs_for_checkpoint
 from segworks.data.meta import DatasetMeta
+from segworks.devices import resolve_device
 from segworks.engine import distributed as ddp
 from segworks.engine.schedules import build_scheduler
 from segworks.fileio import save_json, save_text
@@ -515,17 +516,6 @@ def set_rng_state(rng: dict[str, Any], info: ddp.DistInfo) -> None:
 
 
 # 3. Building blocks -----------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {name!r} asked for, but CUDA is not available (use -g -1 for CPU)"
-        )
-    return device
 
 
 def configure_determinism(cfg: TrainConfig, device: torch.device) -> None:

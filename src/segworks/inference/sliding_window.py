@@ -128,28 +128,17 @@ def iter_blocks(
     Blocks come in raster order, of rows when the image is at least as tall as wide, else of
     columns (see the module docstring).
     """
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise ValueError(f"image must be (1, C, H, W), got {tuple(image.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"tile batch size must be >= 1, got {batch_size}")
+    _check_input(image, batch_size)
     height, width = image.shape[-2:]
-    if width <= height:
-        yield from _raster_blocks(
-            forward, image, tile, stride, margin, gaussian, batch_size, prepare, out_device
-        )
-        return
+    transposed = width > height
+    if transposed:
+        image, tile, stride = image.transpose(-1, -2), tile[::-1], stride[::-1]
     blocks = _raster_blocks(
-        forward,
-        image.transpose(-1, -2),
-        tile[::-1],
-        stride[::-1],
-        margin,
-        gaussian,
-        batch_size,
-        prepare,
-        out_device,
-        transposed=True,
+        forward, image, tile, stride, margin, gaussian, batch_size, prepare, out_device, transposed
     )
+    if not transposed:
+        yield from blocks
+        return
     for x0, x1, y0, y1, logits in blocks:
         yield y0, y1, x0, x1, logits.transpose(-1, -2)
 
@@ -169,10 +158,7 @@ def iter_strips(
     """Yield ``(y0, y1, logits)`` for consecutive full-width row bands, top to bottom; ``logits``
     is a new float32 ``(K, y1 - y0, W)`` tensor. A band is one tile row's stride of rows, so
     this needs ``(K, sy, W)`` more memory than `iter_blocks`."""
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise ValueError(f"image must be (1, C, H, W), got {tuple(image.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"tile batch size must be >= 1, got {batch_size}")
+    _check_input(image, batch_size)
     width = image.shape[-1]
     band: Tensor | None = None
     blocks = _raster_blocks(
@@ -336,6 +322,13 @@ def _release_free_memory() -> None:
     free; over many tile batches that fragmentation adds up to about a tile batch of resident
     memory. The call costs a few milliseconds, so it runs only before large batches."""
     _malloc_trim()()
+
+
+def _check_input(image: Tensor, batch_size: int) -> None:
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"image must be (1, C, H, W), got {tuple(image.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"tile batch size must be >= 1, got {batch_size}")
 
 
 def _check_margin(

@@ -143,6 +143,7 @@ def _fcn(
     weights: Path | str | None,
     init_from: Path | str | None,
 ) -> FCN:
+    """The FCN-`stride` net; the public builders pass their arguments as `**locals()`."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     backbone = vgg16_encoder(
@@ -189,17 +190,7 @@ def fcn32s(
     weights: Path | str | None = None,
 ) -> FCN:
     """FCN-32s: score_fr upsampled 32x. `width`/`fc_channels` shrink VGG16 (tests only)."""
-    return _fcn(
-        32,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        pad100=pad100,
-        width=width,
-        fc_channels=fc_channels,
-        backbone_weights=backbone_weights,
-        weights=weights,
-        init_from=None,
-    )
+    return _fcn(32, init_from=None, **locals())
 
 
 def fcn16s(
@@ -214,17 +205,7 @@ def fcn16s(
     init_from: Path | str | None = None,
 ) -> FCN:
     """FCN-16s: + pool4 skip. `init_from` = an FCN-32s checkpoint (staged training)."""
-    return _fcn(
-        16,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        pad100=pad100,
-        width=width,
-        fc_channels=fc_channels,
-        backbone_weights=backbone_weights,
-        weights=weights,
-        init_from=init_from,
-    )
+    return _fcn(16, **locals())
 
 
 def fcn8s(
@@ -239,14 +220,4 @@ def fcn8s(
     init_from: Path | str | None = None,
 ) -> FCN:
     """FCN-8s: + pool4 and pool3 skips. `init_from` = an FCN-16s checkpoint (staged training)."""
-    return _fcn(
-        8,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        pad100=pad100,
-        width=width,
-        fc_channels=fc_channels,
-        backbone_weights=backbone_weights,
-        weights=weights,
-        init_from=init_from,
-    )
+    return _fcn(8, **locals())

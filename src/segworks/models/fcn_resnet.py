@@ -62,35 +62,11 @@ def fcn_resnet(
     return model
 
 
-def fcn_resnet50(
-    *,
-    num_classes: int,
-    aux_loss: bool = True,
-    backbone_weights: Path | str | None = None,
-    **kwargs,
-) -> FCNResNet:
+def fcn_resnet50(*, num_classes: int, **kwargs) -> FCNResNet:
     """FCN-ResNet50 (torchvision's `fcn_resnet50`); keyword arguments as `fcn_resnet`."""
-    return fcn_resnet(
-        num_classes=num_classes,
-        backbone="resnet50",
-        aux_loss=aux_loss,
-        backbone_weights=backbone_weights,
-        **kwargs,
-    )
+    return fcn_resnet(num_classes=num_classes, backbone="resnet50", **kwargs)
 
 
-def fcn_resnet101(
-    *,
-    num_classes: int,
-    aux_loss: bool = True,
-    backbone_weights: Path | str | None = None,
-    **kwargs,
-) -> FCNResNet:
+def fcn_resnet101(*, num_classes: int, **kwargs) -> FCNResNet:
     """FCN-ResNet101 (torchvision's `fcn_resnet101`); keyword arguments as `fcn_resnet`."""
-    return fcn_resnet(
-        num_classes=num_classes,
-        backbone="resnet101",
-        aux_loss=aux_loss,
-        backbone_weights=backbone_weights,
-        **kwargs,
-    )
+    return fcn_resnet(num_classes=num_classes, backbone="resnet101", **kwargs)

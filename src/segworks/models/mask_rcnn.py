@@ -29,9 +29,9 @@ gives the loss dict without putting BatchNorm into training mode (for validation
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models import resnet
@@ -43,6 +43,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from segworks.checkpoint import read_torch_file
 from segworks.errors import DataError
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
 
 RESNETS = {"resnet50": resnet.resnet50, "resnet101": resnet.resnet101}
 _LAYERS_TOP_DOWN = ["layer4", "layer3", "layer2", "layer1", "conv1"]
+# (ResNet body, num_classes, roi_size) -> (trunk, MaskRCNN arguments): fpn_layout, c4_layout
+Layout = Callable[[resnet.ResNet, int, int], tuple[nn.Module, dict]]
 # The layers whose shapes depend on num_classes (the same names in every variant here).
 CLASSIFIER_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
 
@@ -134,12 +137,7 @@ class TinyTrunk(nn.Sequential):
 def load_weights(module: nn.Module, path: str | Path, *, ignore_prefixes: tuple = ()) -> None:
     """Load a state dict (or a segworks checkpoint's "model") strictly; mismatches -> DataError."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file
-        raise DataError(path, f"not a readable torch weights file ({error})") from error
+    state = read_torch_file(path, "weights")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
@@ -200,24 +198,9 @@ def _assemble(backbone: nn.Module, *, weights: Path | None, gamma: float, **kwar
     return model
 
 
-def maskrcnn_fpn(
-    *,
-    num_classes: int,
-    backbone: str = "resnet50",
-    weights: Path | None = None,
-    backbone_weights: Path | None = None,
-    gamma: float = 1.0,
-    roi_size: int = 14,
-    freeze_bn: bool | None = None,
-    trainable_layers: int | None = None,
-    **detector_kwargs,
-) -> SegMaskRCNN:
-    """Mask R-CNN with a ResNet-FPN backbone, module-for-module torchvision's maskrcnn_*_fpn.
-
-    `detector_kwargs` go to torchvision's MaskRCNN (min_size, max_size, box_score_thresh, ...).
-    """
-    body = _resnet(backbone, freeze_bn, backbone_weights)
-    _freeze_layers(body, trainable_layers, backbone_weights is not None)
+def fpn_layout(body: resnet.ResNet, num_classes: int, roi_size: int) -> tuple[nn.Module, dict]:
+    """torchvision's ResNet-FPN: the trunk and the MaskRCNN arguments that differ from its
+    defaults (a four-level mask RoIAlign of `roi_size`)."""
     fpn = BackboneWithFPN(
         body,
         return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
@@ -226,31 +209,11 @@ def maskrcnn_fpn(
         extra_blocks=LastLevelMaxPool(),
     )
     mask_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=roi_size, sampling_ratio=2)
-    return _assemble(
-        fpn,
-        weights=weights,
-        gamma=gamma,
-        num_classes=num_classes,
-        mask_roi_pool=mask_roi_pool,
-        **detector_kwargs,
-    )
+    return fpn, {"num_classes": num_classes, "mask_roi_pool": mask_roi_pool}
 
 
-def maskrcnn_c4(
-    *,
-    num_classes: int,
-    backbone: str = "resnet50",
-    weights: Path | None = None,
-    backbone_weights: Path | None = None,
-    gamma: float = 1.0,
-    roi_size: int = 14,
-    freeze_bn: bool | None = None,
-    trainable_layers: int | None = None,
-    **detector_kwargs,
-) -> SegMaskRCNN:
-    """Detectron's ResNet-C4 Mask R-CNN: res2-res4 trunk, res5 as the shared RoI head."""
-    body = _resnet(backbone, freeze_bn, backbone_weights)
-    _freeze_layers(body, trainable_layers, backbone_weights is not None)
+def c4_layout(body: resnet.ResNet, num_classes: int, roi_size: int) -> tuple[nn.Module, dict]:
+    """Detectron's C4: res2-res4 as the trunk, res5 shared by the box and mask RoI heads."""
     trunk = nn.Sequential(
         OrderedDict(
             (name, getattr(body, name))
@@ -261,20 +224,51 @@ def maskrcnn_c4(
     res5 = body.layer4
     anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
     roi_pool = MultiScaleRoIAlign(["0"], output_size=roi_size, sampling_ratio=2)
-    return _assemble(
-        trunk,
-        weights=weights,
-        gamma=gamma,
-        rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(1024, anchors.num_anchors_per_location()[0]),
-        box_roi_pool=roi_pool,
-        box_head=C4BoxHead(res5),
-        box_predictor=FastRCNNPredictor(2048, num_classes),
-        mask_roi_pool=roi_pool,
-        mask_head=C4MaskHead(res5),
-        mask_predictor=MaskRCNNPredictor(2048, 256, num_classes),
-        **detector_kwargs,
-    )
+    return trunk, {
+        "rpn_anchor_generator": anchors,
+        "rpn_head": RPNHead(1024, anchors.num_anchors_per_location()[0]),
+        "box_roi_pool": roi_pool,
+        "box_head": C4BoxHead(res5),
+        "box_predictor": FastRCNNPredictor(2048, num_classes),
+        "mask_roi_pool": roi_pool,
+        "mask_head": C4MaskHead(res5),
+        "mask_predictor": MaskRCNNPredictor(2048, 256, num_classes),
+    }
+
+
+def maskrcnn_resnet(
+    *,
+    num_classes: int,
+    layout: Layout = fpn_layout,
+    backbone: str = "resnet50",
+    weights: Path | None = None,
+    backbone_weights: Path | None = None,
+    gamma: float = 1.0,
+    roi_size: int = 14,
+    freeze_bn: bool | None = None,
+    trainable_layers: int | None = None,
+    **detector_kwargs,
+) -> SegMaskRCNN:
+    """Mask R-CNN on a ResNet; `layout` (`fpn_layout` or `c4_layout`) builds the trunk and heads.
+
+    `detector_kwargs` go to torchvision's MaskRCNN (min_size, max_size, box_score_thresh, ...).
+    """
+    body = _resnet(backbone, freeze_bn, backbone_weights)
+    _freeze_layers(body, trainable_layers, backbone_weights is not None)
+    trunk, heads = layout(body, num_classes, roi_size)
+    return _assemble(trunk, weights=weights, gamma=gamma, **heads, **detector_kwargs)
+
+
+def maskrcnn_fpn(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    """Mask R-CNN with a ResNet-FPN backbone, module-for-module torchvision's maskrcnn_*_fpn;
+    keyword arguments as `maskrcnn_resnet`."""
+    return maskrcnn_resnet(num_classes=num_classes, layout=fpn_layout, **kwargs)
+
+
+def maskrcnn_c4(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    """Detectron's ResNet-C4 Mask R-CNN: res2-res4 trunk, res5 as the shared RoI head; keyword
+    arguments as `maskrcnn_resnet`."""
+    return maskrcnn_resnet(num_classes=num_classes, layout=c4_layout, **kwargs)
 
 
 def maskrcnn_r50_c4(*, num_classes: int, **kwargs) -> SegMaskRCNN:
