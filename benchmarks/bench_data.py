@@ -2,11 +2,13 @@
 
 segworks' own pipeline is measured: `open_source` on a folder of JPEG images and PNG masks,
 `train_transforms` (random scale 0.5-2, crop, flip, normalise) and a DataLoader with N workers
-(persistent workers; pinned memory when the device is CUDA). Loader configurations alternate
-every round (one round = one pass over the samples). In the same run, a UNet-ResNet34 training
-step at the same crop size gives the rate the loader has to sustain; the verdict line says whether
-the loader would be the bottleneck. On a CPU-only machine the loader workers and the training
-share the cores, so there the comparison is an upper bound on what the loader can do.
+(persistent workers; pinned memory when the device is CUDA). A UNet-ResNet34 training step at
+the same crop size and batch gives the rate the loader has to sustain; the step and every loader
+configuration alternate round by round (one round = one step and one pass over the samples of
+each configuration), and the `ratio` line gives, per round, the best configuration's samples/s
+over the step's images/s (> 1: the loader keeps up). On a CPU-only machine the loader workers
+and the training share the cores, so there the comparison is an upper bound on what the loader
+can do.
 
 The samples are a synthetic 512x512 set written to a temporary folder, plus CamVid from
 ../shared/datasets/camvid when present. A second table compares JPEG decoders (PIL, which
@@ -27,7 +29,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from benchmarks.common import Runtime, add_device_arguments, compare, format_table
+from benchmarks.common import (
+    Runtime,
+    add_device_arguments,
+    compare,
+    format_table,
+    ratio_line,
+    summarise,
+)
 from segworks.data import open_source
 from segworks.data.transforms import train_transforms
 
@@ -84,11 +93,6 @@ def loader_pass(dataset, *, workers: int, batch: int, pin: bool):
     return one_pass
 
 
-def bench_loaders(dataset, *, workers: list[int], batch: int, repeats: int, pin: bool):
-    fns = {f"workers={n}": loader_pass(dataset, workers=n, batch=batch, pin=pin) for n in workers}
-    return compare(fns, repeats=repeats, warmup=1)
-
-
 def bench_decoders(paths: list[Path], repeats: int) -> dict:
     """JPEG decoding to an RGB array: PIL (segworks' reader) vs torchvision.io."""
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
@@ -106,36 +110,55 @@ def bench_decoders(paths: list[Path], repeats: int) -> dict:
     return compare(fns, repeats=repeats, warmup=1)
 
 
-def unet_step_rate(runtime: Runtime, *, batch: int, size: int, repeats: int) -> float:
-    """Training images/s of UNet-ResNet34 at size x size (median of `repeats` steps)."""
+STEP = "unet_resnet34 training step"
+
+
+def unet_step(runtime: Runtime, *, batch: int, size: int):
+    """A function running one UNet-ResNet34 training step on a size x size batch."""
     from benchmarks.bench_models import Workload, semantic_batch
     from segworks.models import build_model
 
     torch.manual_seed(0)
     model = build_model("unet_resnet34", num_classes=len(CLASS_NAMES)).train()
     workload = Workload(model, runtime, semantic_batch(batch, size, len(CLASS_NAMES)), False)
-    fns = {"unet_resnet34": workload.train_step}
-    result = compare(fns, repeats=repeats, warmup=1, sync=runtime.sync)
-    return batch / result["stats"]["unet_resnet34"]["median"]
+    return workload.train_step
 
 
-def report_source(name: str, dataset, args, runtime: Runtime, step_rate: float) -> str:
-    result = bench_loaders(
-        dataset, workers=args.workers, batch=args.batch, repeats=args.repeats, pin=runtime.is_cuda
-    )
-    best_name = min(result["names"], key=lambda n: result["stats"][n]["median"])
-    best_rate = len(dataset) / result["stats"][best_name]["median"]
+def bench_pipeline(sources: dict[str, object], args, runtime: Runtime) -> dict:
+    """One compare() over the UNet step and every (source, workers) loader, alternating."""
+    fns = {STEP: unet_step(runtime, batch=args.batch, size=args.size)}
+    for source, dataset in sources.items():
+        for workers in args.workers:
+            fns[f"{source} workers={workers}"] = loader_pass(
+                dataset, workers=workers, batch=args.batch, pin=runtime.is_cuda
+            )
+    return compare(fns, repeats=args.repeats, warmup=1, sync=runtime.sync)
+
+
+def report_source(source: str, dataset, result: dict, args, runtime: Runtime) -> str:
+    """The loader table of one source, the best configuration and its `ratio` line."""
+    names = [f"{source} workers={n}" for n in args.workers]
+    table = summarise({name: result["times"][name] for name in names})
+    best = min(names, key=lambda name: table["stats"][name]["median"])
+    samples = len(dataset)
+    # per round: loader samples/s over the UNet step's images/s in the same round
+    ratios = [
+        (samples / loader) / (args.batch / step)
+        for loader, step in zip(result["times"][best], result["times"][STEP])
+    ]
+    best_rate = samples / table["stats"][best]["median"]
+    step_rate = args.batch / result["stats"][STEP]["median"]
     verdict = (
         "the loader would be the bottleneck" if best_rate < step_rate else "the loader keeps up"
     )
     return "\n".join(
         [
-            f"{name}: {len(dataset)} samples per pass, crop {args.size}, batch {args.batch}"
-            " (x first = time / time of workers=0)",
-            format_table(result, items_per_call=len(dataset), item="sample"),
-            f"best: {best_name} {best_rate:.1f} samples/s vs UNet-ResNet34 training "
-            f"{step_rate:.2f} img/s on {runtime.device}: {verdict} "
-            f"({best_rate / step_rate:.1f}x the step rate)",
+            f"{source}: {samples} samples per pass, crop {args.size}, batch {args.batch}"
+            " (x first = time / time of the first configuration)",
+            format_table(table, items_per_call=samples, item="sample"),
+            f"best: {best} {best_rate:.1f} samples/s vs UNet-ResNet34 training "
+            f"{step_rate:.2f} img/s on {runtime.device}: {verdict}",
+            ratio_line(f"data {source} loader samples/s / UNet step img/s", ratios),
         ]
     )
 
@@ -159,18 +182,32 @@ def main(argv: list[str] | None = None) -> int:
         args.size, args.count, args.repeats, args.batch, args.camvid = 64, 4, 1, 2, False
     args.workers = [int(n) for n in args.workers.split(",") if n.strip()]
     runtime = Runtime.from_args(args)
-    print(f"data pipeline, {runtime.describe()}, {torch.get_num_threads()} threads", flush=True)
-    step_rate = unet_step_rate(runtime, batch=args.batch, size=args.size, repeats=args.repeats)
+    print(
+        f"data pipeline, {runtime.describe()}, {torch.get_num_threads()} threads; the UNet step "
+        f"and every loader pass alternate, {args.repeats} rounds after 1 warm-up",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="segworks-bench-data-") as folder:
         root = write_synthetic(Path(folder), count=args.count, size=args.size)
-        dataset = open_dataset(root, size=args.size, count=args.count, synthetic=True)
-        print(report_source("synthetic JPEG+PNG", dataset, args, runtime, step_rate), flush=True)
+        sources = {
+            "synthetic": open_dataset(root, size=args.size, count=args.count, synthetic=True)
+        }
+        if args.camvid and CAMVID.is_dir():
+            sources["camvid"] = open_dataset(
+                CAMVID, size=args.size, count=args.count, synthetic=False
+            )
+        result = bench_pipeline(sources, args, runtime)
+        step = result["stats"][STEP]
+        print(
+            f"{STEP}, batch {args.batch}, {args.size}x{args.size}: median "
+            f"{1e3 * step['median']:.0f} ms ({1e3 * step['min']:.0f}-{1e3 * step['max']:.0f}), "
+            f"{args.batch / step['median']:.2f} img/s"
+        )
+        for source, dataset in sources.items():
+            print(report_source(source, dataset, result, args, runtime), flush=True)
         jpegs = sorted((root / "images").glob("*.jpg"))
-        print(f"JPEG decoding, {len(jpegs)} images of {args.size}x{args.size}:")
+        print(f"JPEG decoding, {len(jpegs)} synthetic images of {args.size}x{args.size}:")
         print(format_table(bench_decoders(jpegs, args.repeats), items_per_call=len(jpegs)))
-    if args.camvid and CAMVID.is_dir():
-        dataset = open_dataset(CAMVID, size=args.size, count=args.count, synthetic=False)
-        print(report_source(f"CamVid ({CAMVID})", dataset, args, runtime, step_rate), flush=True)
     return 0
 
 

@@ -1,16 +1,17 @@
 """DeepLabV3-ResNet101: segworks against torchvision on identical inputs, in one run.
 
 Both models hold the same random weights (segworks loads torchvision's state dict; the outputs
-are checked equal before timing), see the same batch, and are timed alternately round by round
-(benchmarks.common.compare). Two measurements:
+are checked equal before timing, which also warms both up), see the same batch, and are timed
+alternately round by round, the order flipping every round (benchmarks.common.compare). Two
+measurements:
 - train step: forward, cross-entropy on "out" + 0.4 x on "aux" (the DeepLabV3 seed's loss),
-  backward, SGD step;
+  backward, SGD step with momentum;
 - inference: eval mode, no_grad forward.
-The ratio column is other / segworks: 1.00 means the same speed (the target is >= 0.97 for
-segworks / torchvision, i.e. a torchvision ratio <= 1.03).
+The "x first" column is torchvision time / segworks time; the `ratio` lines give it per round
+(min / median / max): segworks throughput / torchvision throughput, the target being >= 0.97.
 
     .venv/bin/python -m benchmarks.bench_deeplabv3 [--size 256] [--batch 2] [--repeats 5]
-        [--record benchmarks/RESULTS.md]
+        [--device cuda --amp bf16 --channels-last] [--record benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from benchmarks.common import append_results, command_line, compare, format_table
+from benchmarks.common import (
+    Runtime,
+    add_device_arguments,
+    append_results,
+    command_line,
+    compare,
+    format_table,
+    paired_ratios,
+    ratio_line,
+)
 from segworks.models.deeplabv3 import deeplabv3_resnet101
 
 NUM_CLASSES = 21
@@ -38,9 +48,12 @@ def build_pair() -> tuple[nn.Module, nn.Module]:
     return ours, reference
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x, target) -> None:
-    out = model(x)
-    loss = F.cross_entropy(out["out"], target) + 0.4 * F.cross_entropy(out["aux"], target)
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x, target, runtime) -> None:
+    with runtime.autocast():
+        out = model(x)
+        loss = F.cross_entropy(out["out"].float(), target) + 0.4 * F.cross_entropy(
+            out["aux"].float(), target
+        )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -48,49 +61,68 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x, target) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_device_arguments(parser)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2, help=">= 2: torchvision cannot train on 1")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed training rounds first")
+    parser.add_argument("--quick", action="store_true", help="64 px, one round (a smoke test)")
     parser.add_argument("--record", default=None, help="append the tables to this Markdown file")
     args = parser.parse_args(argv)
-    ours, reference = build_pair()
+    if args.batch < 2:
+        raise ValueError(f"--batch {args.batch}: expected >= 2 (batch norm after image pooling)")
+    if args.quick:
+        args.size, args.repeats, args.warmup = 64, 1, 0
+    runtime = Runtime.from_args(args)
+    raw_ours, raw_reference = build_pair()
+    ours, reference = runtime.model(raw_ours), runtime.model(raw_reference)
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=generator)
     target = torch.randint(0, NUM_CLASSES, (args.batch, args.size, args.size), generator=generator)
-    with torch.no_grad():
-        assert torch.equal(ours.eval()(x)["out"], reference.eval()(x)["out"]), "outputs differ"
+    x, target = runtime.images(x), target.to(runtime.device)
+    with torch.no_grad():  # the same math, or the timing means nothing; also the warm-up
+        same = torch.equal(ours.eval()(x)["out"], reference.eval()(x)["out"])
+    if not same and runtime.amp == "none" and not runtime.compile:
+        raise RuntimeError("segworks and torchvision DeepLabV3 outputs differ on the same input")
 
     def inference(model):
         def run():
-            with torch.no_grad():
+            with torch.no_grad(), runtime.autocast():
                 model(x)
 
         return run
 
-    infer = compare(
-        {"segworks": inference(ours), "torchvision": inference(reference)}, repeats=args.repeats
-    )
+    fns = {"segworks": inference(ours), "torchvision": inference(reference)}
+    infer = compare(fns, repeats=args.repeats, warmup=0, sync=runtime.sync)
     ours.train(), reference.train()
     optimizers = {
-        m: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for m in (ours, reference)
+        m: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for m in (raw_ours, raw_reference)
     }
     train = compare(
         {
-            "segworks": lambda: train_step(ours, optimizers[ours], x, target),
-            "torchvision": lambda: train_step(reference, optimizers[reference], x, target),
+            "segworks": lambda: train_step(ours, optimizers[raw_ours], x, target, runtime),
+            "torchvision": lambda: train_step(
+                reference, optimizers[raw_reference], x, target, runtime
+            ),
         },
         repeats=args.repeats,
+        warmup=args.warmup,
+        sync=runtime.sync,
     )
-    tables = (
-        f"inference, {args.batch}x3x{args.size}x{args.size}\n"
-        + format_table(infer, items_per_call=args.batch)
-        + f"\n\ntrain step, {args.batch}x3x{args.size}x{args.size}\n"
-        + format_table(train, items_per_call=args.batch)
-    )
+    shape = f"{args.batch}x3x{args.size}x{args.size}"
+    lines = [
+        f"DeepLabV3-R101, {runtime.describe()}, {torch.get_num_threads()} threads; outputs "
+        f"equal before timing: {same}",
+        f"inference, {shape}, {args.repeats} alternating rounds after the equality check",
+        format_table(infer, items_per_call=args.batch),
+        f"\ntrain step, {shape}, {args.repeats} alternating rounds after {args.warmup} warm-up",
+        format_table(train, items_per_call=args.batch),
+    ]
+    for name, result in (("inference", infer), ("training step", train)):
+        values = paired_ratios(result, "torchvision")  # torchvision time / segworks time
+        lines.append(ratio_line(f"deeplabv3_resnet101 {name} throughput segworks/peer", values))
+    tables = "\n".join(lines)
     print(tables)
-    for name, result in (("inference", infer), ("train step", train)):
-        speed = result["ratio"]["torchvision"]  # torchvision time / segworks time
-        print(f"{name}: segworks throughput / torchvision throughput = {speed:.3f}")
     if args.record:
         append_results(
             args.record, "DeepLabV3-R101: segworks vs torchvision", command_line(), tables

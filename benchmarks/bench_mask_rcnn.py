@@ -1,15 +1,18 @@
 """Mask R-CNN benchmarks.
 
-1. Inference throughput of segworks' maskrcnn_r50_fpn against torchvision's
-   maskrcnn_resnet50_fpn, in one run, alternating the two models rep by rep, with the same
-   random weights (the segworks model loads torchvision's state dict):
+1. Training-step and inference throughput of segworks' maskrcnn_r50_fpn against torchvision's
+   maskrcnn_resnet50_fpn, in one run, alternating the two models round by round (the order
+   flips every round), with the same random weights (segworks loads torchvision's state dict),
+   the same images and targets (three boxes with masks per image) and min/max size = --size.
+   This is `benchmarks.bench_models`' pair `maskrcnn_r50_fpn`; it ends with `ratio` lines
+   (segworks throughput / torchvision throughput per round, min / median / max):
 
-       .venv/bin/python benchmarks/bench_mask_rcnn.py throughput --size 320 --reps 5
+       .venv/bin/python -m benchmarks.bench_mask_rcnn throughput --size 320 --reps 5
 
 2. Training on a real instance set (balloon: the train folder is split into train/val; or
    fruits_nuts), reporting COCO mask AP on the held-out part:
 
-       .venv/bin/python benchmarks/bench_mask_rcnn.py train \
+       .venv/bin/python -m benchmarks.bench_mask_rcnn train \
            --data ../shared/datasets/balloon/train --model maskrcnn_r50_fpn \
            --backbone-weights resnet50.pth --epochs 12 --out runs/balloon
 
@@ -19,43 +22,30 @@
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
-import time
 from argparse import Namespace
 
 import torch
-from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from segworks.models.mask_rcnn import maskrcnn_r50_fpn
+from benchmarks.bench_models import Settings, bench_pair
+from benchmarks.common import Runtime, add_device_arguments
 
 
-def throughput(size: int, reps: int, batch: int, device: str) -> None:
-    torch.manual_seed(0)
-    settings = {"min_size": size, "max_size": size, "num_classes": 91}
-    reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, **settings)
-    ours = maskrcnn_r50_fpn(**settings)
-    ours.load_state_dict(reference.state_dict())
-    models = {"torchvision": reference.eval().to(device), "segworks": ours.eval().to(device)}
-    images = [torch.rand(3, size, size, device=device) for _ in range(batch)]
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with torch.inference_mode():
-        for model in models.values():  # warm-up
-            model(images)
-        for _ in range(reps):
-            for name, model in models.items():
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                model(images)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - start)
-    rates = {name: batch / statistics.median(values) for name, values in times.items()}
-    for name, rate in rates.items():
-        print(f"{name:12s} {rate:8.3f} images/s (median of {reps}, {size}x{size}, batch {batch})")
-    print(f"ratio segworks/torchvision: {rates['segworks'] / rates['torchvision']:.3f}")
-    print("command: " + " ".join(sys.argv))
+def throughput(args: argparse.Namespace) -> None:
+    """Training step and inference, segworks vs torchvision, alternating; prints the tables."""
+    runtime = Runtime.from_args(args)
+    settings = Settings(
+        batch=args.batch,
+        size=64 if args.quick else args.size,
+        repeats=1 if args.quick else args.reps,
+        warmup=0 if args.quick else args.warmup,
+    )
+    print(
+        f"Mask R-CNN R50-FPN, {runtime.describe()}, {torch.get_num_threads()} threads, "
+        f"{settings.repeats} alternating rounds after {settings.warmup} warm-up; "
+        "x first = torchvision time / segworks time",
+        flush=True,
+    )
+    print(bench_pair("maskrcnn_r50_fpn", runtime, settings), flush=True)
 
 
 def train(args) -> None:
@@ -81,14 +71,16 @@ def train(args) -> None:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     speed = sub.add_parser("throughput")
-    speed.add_argument("--size", type=int, default=320)
-    speed.add_argument("--reps", type=int, default=5)
+    add_device_arguments(speed)
+    speed.add_argument("--size", type=int, default=320, help="min_size = max_size = image side")
+    speed.add_argument("--reps", type=int, default=5, help="alternated timed rounds")
+    speed.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     speed.add_argument("--batch", type=int, default=1)
-    speed.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    speed.add_argument("--quick", action="store_true", help="64 px, one round (a smoke test)")
     fit = sub.add_parser("train")
     fit.add_argument("--data", required=True)
     fit.add_argument("--model", default="maskrcnn_r50_fpn")
@@ -102,12 +94,13 @@ def main() -> None:
     fit.add_argument("--max-size", type=int, default=853)
     fit.add_argument("--workers", type=int, default=2)
     fit.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.what == "throughput":
-        throughput(args.size, args.reps, args.batch, args.device)
+        throughput(args)
     else:
         train(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

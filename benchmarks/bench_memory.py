@@ -7,10 +7,13 @@ steps (the second one holds the optimiser's momentum buffers) and reports:
   through /proc/self/clear_refs; elsewhere `resource.getrusage(...).ru_maxrss`) minus the
   resident size just before the first step: what a step adds to the model and its inputs.
 - CUDA: `torch.cuda.max_memory_allocated()` minus the memory allocated before the first step.
-The pairs, the inputs and the loss are those of `benchmarks.bench_models`.
+The pairs, the inputs and the loss are those of `benchmarks.bench_models` (and its
+`NAME@SIDExBATCH` syntax). With `--rounds N` each child runs N times, segworks and peer
+alternating, and the `ratio` line gives peer memory / segworks memory per round, min / median /
+max (> 1: segworks needs less).
 
-    python -m benchmarks.bench_memory [--models fcn_resnet50,...] [--batch 2] [--size 192]
-        [--device cuda --amp bf16 --channels-last]
+    python -m benchmarks.bench_memory [--models fcn_resnet50,unet_resnet34@256x1] [--batch 2]
+        [--size 192] [--rounds 2] [--device cuda --amp bf16 --channels-last]
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Runtime, add_device_arguments
+from benchmarks.common import Runtime, add_device_arguments, ratio_line
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -103,11 +106,15 @@ def measure(name: str, which: str, runtime: Runtime, *, batch: int, size: int) -
     return {"bytes": peak - before, "baseline": before, "kind": "cpu rss", "note": note}
 
 
-def run_child(name: str, which: str, args: argparse.Namespace) -> dict:
+def run_child(
+    name: str, which: str, args: argparse.Namespace, *, size: int | None = None, batch=None
+) -> dict:
     """`measure` in a fresh interpreter; its last stdout line is the JSON result."""
+    size, batch = size or args.size, batch or args.batch
     command = [sys.executable, "-m", "benchmarks.bench_memory", "--child", f"{name}:{which}"]
-    command += ["--batch", str(args.batch), "--size", str(args.size), "--device", args.device]
+    command += ["--batch", str(batch), "--size", str(size), "--device", args.device]
     command += ["--amp", args.amp] + (["--channels-last"] if args.channels_last else [])
+    command += ["--threads", str(getattr(args, "threads", 0))]
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
@@ -118,7 +125,34 @@ def run_child(name: str, which: str, args: argparse.Namespace) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def measure_rounds(
+    name: str, args: argparse.Namespace, *, size: int, batch: int, rounds: int
+) -> list[dict[str, dict]]:
+    """`rounds` fresh-process measurements of each side, alternating which side goes first."""
+    results = []
+    for index in range(rounds):
+        order = ("segworks", "peer") if index % 2 == 0 else ("peer", "segworks")
+        results.append(
+            {which: run_child(name, which, args, size=size, batch=batch) for which in order}
+        )
+    return results
+
+
+def ratio_of_rounds(name: str, rounds: list[dict[str, dict]]) -> str:
+    """The `ratio` line of one model: peer bytes / segworks bytes per round."""
+    values = [
+        pair["peer"]["bytes"] / pair["segworks"]["bytes"]
+        for pair in rounds
+        if "error" not in pair["peer"] and "error" not in pair["segworks"]
+        if pair["segworks"]["bytes"] > 0
+    ]
+    if not values:
+        return f"no ratio for {name}: every round failed or measured nothing"
+    return ratio_line(f"{name} training-step peak memory peer/segworks", values)
+
+
 def report(results: dict[str, dict[str, dict]], peers: dict[str, str]) -> str:
+    """A table of the (median-round) bytes per model: segworks, peer and peer / segworks."""
     lines = [f"{'model':<22} {'segworks MiB':>13} {'peer MiB':>10} {'peer/ours':>10}  peer"]
     for name, pair in results.items():
         ours, peer = pair["segworks"], pair["peer"]
@@ -141,35 +175,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", help="comma-separated (default: every bench_models pair)")
     parser.add_argument("--batch", type=int, help="images per step (CPU 2, CUDA 8)")
     parser.add_argument("--size", type=int, help="square input side (CPU 192, CUDA 512)")
+    parser.add_argument("--rounds", type=int, default=1, help="fresh processes per side")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.bench_models import CONTESTS
+    from benchmarks.bench_models import CONTESTS, parse_models
 
     args = build_parser().parse_args(argv)
     runtime = Runtime.from_args(args)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     args.batch = args.batch or (8 if runtime.is_cuda else 2)
     args.size = args.size or (64 if args.quick else 512 if runtime.is_cuda else 192)
     if args.child:
         name, which = args.child.split(":")
         print(json.dumps(measure(name, which, runtime, batch=args.batch, size=args.size)))
         return 0
-    models = [m.strip() for m in (args.models or ",".join(CONTESTS)).split(",") if m.strip()]
-    unknown = [m for m in models if m not in CONTESTS]
-    if unknown:
-        raise ValueError(f"unknown benchmark models {unknown}; expected some of {list(CONTESTS)}")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds {args.rounds}: expected >= 1")
+    plan = parse_models(args.models or ",".join(CONTESTS), size=args.size, batch=args.batch)
     print(
-        f"peak memory added by a training step, batch {args.batch}, {args.size}x{args.size}, "
-        f"{runtime.describe()}, one fresh process per model",
+        f"peak memory added by a training step, {runtime.describe()}, "
+        f"{torch.get_num_threads()} threads, one fresh process per "
+        f"model and round, {args.rounds} round(s) alternating which side goes first",
         flush=True,
     )
-    results = {}
-    for name in models:
-        results[name] = {which: run_child(name, which, args) for which in ("segworks", "peer")}
-    print(report(results, {name: CONTESTS[name].peer_name for name in models}))
+    results, ratios = {}, []
+    for name, size, batch in plan:
+        rounds = measure_rounds(name, args, size=size, batch=batch, rounds=args.rounds)
+        label = f"{name} b{batch} {size}x{size}"
+        ordered = sorted(rounds, key=lambda pair: pair["segworks"].get("bytes", 0))
+        results[label] = ordered[len(ordered) // 2]  # the round of segworks' median figure
+        ratios.append(ratio_of_rounds(name, rounds))
+    peers = {f"{n} b{b} {s}x{s}": CONTESTS[n].peer_name for n, s, b in plan}
+    print(report(results, peers))
+    print("\n".join(ratios))
     return 0
 
 

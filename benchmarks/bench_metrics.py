@@ -1,11 +1,15 @@
 """Confusion-matrix update speed: segworks vs torchmetrics on Cityscapes-sized label maps.
 
 Both sides count the same (pred, target) batch of 8x1024x2048 int64 labels with 19 classes and
-about 10 % ignored pixels; repetitions alternate between the implementations so that machine
-noise hits both alike. torchmetrics is timed with its default argument validation (what a user
-gets) and with ``validate_args=False`` (its bare counting path).
+about 10 % ignored pixels. segworks and torchmetrics' bare counting path
+(``validate_args=False``) alternate round by round, the order flipping every round
+(benchmarks.common.compare), so machine noise hits both alike. torchmetrics with its default
+argument validation (what a user gets) is about 20x slower than segworks on a CPU; it is timed
+`--validated-repeats` times after the others (the `segworks bench` full run times it once to fit
+the time budget), and its ratio is against segworks' median. The `ratio` lines give
+torchmetrics time / segworks time: > 1 means segworks is faster.
 
-    python -m benchmarks.bench_metrics [--device cuda] [--repeats 5]
+    python -m benchmarks.bench_metrics [--device cuda] [--repeats 5] [--validated-repeats 2]
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 
+from benchmarks.common import compare, paired_ratios, ratio_line
 from segworks.metrics import ConfusionMatrix
 
 
@@ -28,14 +32,10 @@ def make_labels(shape, num_classes: int, device: str, seed: int = 0):
     return pred.to(device), target.to(device)
 
 
-def timed(fn: Callable[[], None], device: str) -> float:
+def sync_for(device: str):
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+        return torch.cuda.synchronize
+    return None
 
 
 def run(
@@ -45,34 +45,57 @@ def run(
     width: int = 2048,
     num_classes: int = 19,
     repeats: int = 5,
+    validated_repeats: int | None = None,
     device: str = "cpu",
-) -> dict[str, list[float]]:
-    """Seconds per update for each implementation, `repeats` alternating rounds (after warm-up)."""
+) -> dict:
+    """compare()'s result for segworks vs torchmetrics(validate_args=False), plus the seconds
+    of each validated torchmetrics call under "validated" (`validated_repeats`, default
+    `repeats`; 0 skips it)."""
     from torchmetrics.classification import MulticlassConfusionMatrix
 
     pred, target = make_labels((batch, height, width), num_classes, device)
     ours = ConfusionMatrix(num_classes, device=device)
-    peers = {
-        "torchmetrics": MulticlassConfusionMatrix(num_classes, ignore_index=255).to(device),
-        "torchmetrics(validate_args=False)": MulticlassConfusionMatrix(
-            num_classes, ignore_index=255, validate_args=False
-        ).to(device),
-    }
-    updates = {"segworks": lambda: ours.update(pred, target)}
-    updates.update({name: (lambda m=m: m.update(pred, target)) for name, m in peers.items()})
-    for update in updates.values():  # warm-up (allocator, CUDA kernels)
-        timed(update, device)
-    times: dict[str, list[float]] = {name: [] for name in updates}
-    for _ in range(repeats):
-        for name, update in updates.items():
-            times[name].append(timed(update, device))
-    for name, metric in peers.items():  # same counts, or the timing means nothing
-        if not torch.equal(metric.confmat.to(ours.matrix.device), ours.matrix):
-            raise RuntimeError(f"segworks and {name} disagree on the confusion matrix")
-    return times
+    bare = MulticlassConfusionMatrix(num_classes, ignore_index=255, validate_args=False)
+    bare = bare.to(device)
+    result = compare(
+        {
+            "segworks": lambda: ours.update(pred, target),
+            BARE: lambda: bare.update(pred, target),
+        },
+        repeats=repeats,
+        warmup=1,
+        sync=sync_for(device),
+    )
+    if not torch.equal(bare.confmat.to(ours.matrix.device), ours.matrix):
+        raise RuntimeError(f"segworks and {BARE} disagree on the confusion matrix")
+    validated_repeats = repeats if validated_repeats is None else validated_repeats
+    result["validated"] = []
+    if validated_repeats > 0:
+        checked = MulticlassConfusionMatrix(num_classes, ignore_index=255).to(device)
+        sync = sync_for(device) or (lambda: None)
+        for _ in range(validated_repeats):
+            sync()
+            start = time.perf_counter()
+            checked.update(pred, target)
+            sync()
+            result["validated"].append(time.perf_counter() - start)
+        # the counts of every call add up: compare them to segworks' per call
+        calls = validated_repeats
+        per_call = ours.matrix * calls // (repeats + 1)
+        if not torch.equal(checked.confmat.to(ours.matrix.device), per_call):
+            raise RuntimeError(f"segworks and {VALIDATED} disagree on the confusion matrix")
+    return result
 
 
-def report(times: dict[str, list[float]]) -> str:
+BARE = "torchmetrics(validate_args=False)"
+VALIDATED = "torchmetrics (default validation)"
+
+
+def report(result: dict) -> str:
+    """Table (ms min / median / max, x segworks) and the `ratio` lines."""
+    times = dict(result["times"])
+    if result.get("validated"):
+        times[VALIDATED] = result["validated"]
     base = statistics.median(times["segworks"])
     lines = [f"{'implementation':<36} {'min ms':>8} {'median':>8} {'max':>8} {'x segworks':>11}"]
     for name, values in times.items():
@@ -82,6 +105,18 @@ def report(times: dict[str, list[float]]) -> str:
             f"{median / base:10.2f}x"
         )
     lines.append("(x segworks = peer median / segworks median; > 1 means segworks is faster)")
+    lines.append(
+        ratio_line(f"confusion-matrix update speed segworks/{BARE}", paired_ratios(result, BARE))
+    )
+    if result.get("validated"):
+        values = [t / base for t in result["validated"]]
+        lines.append(
+            ratio_line(
+                f"confusion-matrix update speed segworks/{VALIDATED}",
+                values,
+                rounds="calls, each over segworks' median",
+            )
+        )
     return "\n".join(lines)
 
 
@@ -93,21 +128,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--classes", type=int, default=19)
+    parser.add_argument(
+        "--validated-repeats",
+        type=int,
+        help="calls of torchmetrics with its default validation (default --repeats; 0: none)",
+    )
     args = parser.parse_args(argv)
-    times = run(
+    if args.repeats < 1 or (args.validated_repeats or 0) < 0:
+        raise ValueError(
+            f"--repeats {args.repeats} / --validated-repeats {args.validated_repeats}: "
+            "expected >= 1 / >= 0"
+        )
+    result = run(
         batch=args.batch,
         height=args.height,
         width=args.width,
         num_classes=args.classes,
         repeats=args.repeats,
+        validated_repeats=args.validated_repeats,
         device=args.device,
     )
     print(
         f"confusion-matrix update, {args.batch}x{args.height}x{args.width} int64 labels, "
         f"{args.classes} classes, device {args.device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {args.repeats} alternating repeats"
+        f"{torch.get_num_threads()} threads, {args.repeats} alternating rounds after 1 warm-up"
     )
-    print(report(times))
+    print(report(result))
     return 0
 
 

@@ -15,9 +15,13 @@ After timing, the inference outputs of the pair are compared: equal for models w
 dropout; the FCN and DeepLab heads draw different dropout masks in the timed training steps,
 so their weights, and outputs, drift apart slightly.
 
-    python -m benchmarks.bench_models [--models fcn_resnet50,unet_resnet34] [--size 256]
+    python -m benchmarks.bench_models [--models fcn_resnet50,unet_resnet34@256x1] [--size 256]
         [--batch 2] [--repeats 3] [--device cuda --amp bf16 --channels-last --compile]
         [--peak-tflops 989]
+
+A model name may carry its own input side and batch, `NAME@SIDExBATCH` (or `NAME@SIDE`), which
+override --size and --batch for that pair. Each pair ends with `ratio` lines: segworks
+throughput / peer throughput per alternated round, min / median / max.
 
 With `--peak-tflops` (the device's dense peak for the AMP dtype) the training rate is also given
 as a fraction of that peak, counting 3 x forward MACs x 2 FLOPs per image.
@@ -27,13 +31,20 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.common import Runtime, add_device_arguments, compare, format_table
+from benchmarks.common import (
+    Runtime,
+    add_device_arguments,
+    compare,
+    format_table,
+    paired_ratios,
+    ratio_line,
+)
 from segworks import IGNORE_INDEX
 from segworks.models import build_model
 
@@ -143,6 +154,7 @@ class Workload:
         self.model = runtime.model(model)
         self.optimizer = torch.optim.SGD(self.raw.parameters(), lr=1e-4, momentum=0.9)
         self.scaler = runtime.grad_scaler()
+        self.last_output = None
         images, targets = inputs
         if detection:
             self.images = [runtime.images(image[None])[0] for image in images]
@@ -166,7 +178,8 @@ class Workload:
 
     def infer(self):
         with torch.inference_mode(), self.runtime.autocast():
-            return self.model(self.images)
+            self.last_output = self.model(self.images)
+        return self.last_output
 
 
 def output_difference(ours, peer) -> str:
@@ -195,8 +208,31 @@ class Settings:
     peak_tflops: float | None = None
 
 
+def parse_models(text: str, *, size: int, batch: int) -> list[tuple[str, int, int]]:
+    """`name[@SIDE[xBATCH]],...` -> [(name, side, batch)], defaults from --size and --batch."""
+    plan = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, shape = item.partition("@")
+        side, _, count = shape.partition("x")
+        if name not in CONTESTS:
+            raise ValueError(f"unknown benchmark model {name!r}; expected one of {list(CONTESTS)}")
+        try:
+            item_size, item_batch = int(side or size), int(count or batch)
+        except ValueError:
+            expected = "expected NAME, NAME@SIDE or NAME@SIDExBATCH"
+            raise ValueError(f"--models item {item!r}: {expected}") from None
+        if item_size < 32 or item_batch < 1:
+            raise ValueError(f"--models item {item!r}: expected side >= 32 and batch >= 1")
+        plan.append((name, item_size, item_batch))
+    if not plan:
+        raise ValueError(f"--models {text!r}: expected at least one of {list(CONTESTS)}")
+    return plan
+
+
 def bench_pair(name: str, runtime: Runtime, settings: Settings) -> str:
-    """Training and inference tables for one pair, as text."""
+    """Training and inference tables for one pair, with their ratio lines, as text."""
     contest, batch, size = CONTESTS[name], settings.batch, settings.size
     ours, peer = build_pair(name, size)
     make = detection_batch if contest.detection else semantic_batch
@@ -215,7 +251,9 @@ def bench_pair(name: str, runtime: Runtime, settings: Settings) -> str:
         lines += [f"{phase}:", format_table(result, items_per_call=batch)]
         if train and not contest.detection:
             lines.append(peak_fraction(ours, result, settings))
-    ours_out, peer_out = (w.infer() for w in workloads.values())
+        ratios = paired_ratios(result, contest.peer_name)
+        lines.append(ratio_line(f"{name} {phase} throughput segworks/peer", ratios))
+    ours_out, peer_out = (w.last_output for w in workloads.values())
     lines.append(f"outputs after training steps: {output_difference(ours_out, peer_out)}")
     return "\n".join(lines)
 
@@ -234,11 +272,8 @@ def peak_fraction(model: nn.Module, result: dict, settings: Settings) -> str:
     return text
 
 
-def run(runtime: Runtime, models: list[str], settings: Settings) -> str:
-    """Every requested pair, printed as it completes; returns the whole report."""
-    unknown = [m for m in models if m not in CONTESTS]
-    if unknown:
-        raise ValueError(f"unknown benchmark models {unknown}; expected some of {list(CONTESTS)}")
+def run(runtime: Runtime, models: list[tuple[str, int, int]], settings: Settings) -> str:
+    """Every requested (name, side, batch) pair, printed as it completes; returns the report."""
     header = (
         f"training step and inference, {runtime.describe()}, {torch.get_num_threads()} threads, "
         f"{settings.repeats} alternating repeats after {settings.warmup} warm-up; "
@@ -246,8 +281,8 @@ def run(runtime: Runtime, models: list[str], settings: Settings) -> str:
     )
     print(header, flush=True)
     parts = [header]
-    for name in models:
-        text = bench_pair(name, runtime, settings)
+    for name, size, batch in models:
+        text = bench_pair(name, runtime, replace(settings, size=size, batch=batch))
         print(text, flush=True)
         parts.append(text)
     return "\n".join(parts)
@@ -256,7 +291,11 @@ def run(runtime: Runtime, models: list[str], settings: Settings) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_device_arguments(parser)
-    parser.add_argument("--models", default=",".join(CONTESTS), help="comma-separated names")
+    parser.add_argument(
+        "--models",
+        default=",".join(CONTESTS),
+        help="comma-separated NAME or NAME@SIDExBATCH (default: every pair)",
+    )
     parser.add_argument("--size", type=int, help="square input side (CPU 192, CUDA 512)")
     parser.add_argument("--batch", type=int, help="images per step (CPU 2, CUDA 8)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -279,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=0 if quick else args.warmup,
         peak_tflops=args.peak_tflops,
     )
-    run(runtime, [m.strip() for m in args.models.split(",") if m.strip()], settings)
+    run(runtime, parse_models(args.models, size=settings.size, batch=settings.batch), settings)
     return 0
 
 

@@ -144,16 +144,32 @@ def parse_sets(items: list[str]) -> dict:
 
 
 def score(checkpoint: Path, dataset, size: tuple[int, int] | None = None) -> dict:
-    """mIoU and per-class IoU at the original resolution, from the checkpoint alone."""
+    """mIoU and per-class IoU at the original resolution, from the checkpoint alone (at the
+    training run's long side, if it had one), plain and with flip TTA (`miou_flip`)."""
     from segworks.checkpoint import load_checkpoint, model_from_checkpoint
     from segworks.engine.evaluate import evaluate
 
     saved = load_checkpoint(checkpoint)
     model = model_from_checkpoint(saved, checkpoint).eval()
     meta = saved["meta"]
-    results = evaluate(model, dataset, meta, mean=meta["mean"], std=meta["std"], size=size,
-                       progress=False)  # fmt: skip
-    return {"miou": results["miou"], "iou": [round(v, 4) for v in results["iou"]]}
+    long_side = (saved.get("config") or {}).get("long_side")
+    runs = {
+        flip: evaluate(
+            model,
+            dataset,
+            meta,
+            mean=meta["mean"],
+            std=meta["std"],
+            size=size,
+            long_side=long_side,
+            tta_flip=flip,
+            progress=False,
+        )  # fmt: skip
+        for flip in (False, True)
+    }
+    plain = runs[False]
+    return {"miou": plain["miou"], "iou": [round(v, 4) for v in plain["iou"]],
+            "miou_flip": runs[True]["miou"]}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the baseline
@@ -221,6 +237,12 @@ def table(title: str, rows: list[dict]) -> str:
     lines.append(f"mean mIoU {statistics.mean(mious):.4f}  min {min(mious):.4f}  "
                  f"max {max(mious):.4f}  (over {len(rows)} seeds)")  # fmt: skip
     lines.append("mean IoU per class: " + "  ".join(f"{v:.3f}" for v in per_class.mean(axis=0)))
+    flips = [row["miou_flip"] for row in rows if row.get("miou_flip") is not None]
+    if flips:
+        mean_flip = statistics.mean(flips)
+        lines.append(
+            f"with flip TTA (segworks eval --tta --tta-scales 1): mean mIoU {mean_flip:.4f}"
+        )
     return "\n".join(lines)
 
 

@@ -16,8 +16,14 @@ per pixel) and the uint8 label map (1 byte per pixel) are floors no tiling remov
 printed too, with the ratio of slide's extra to one tile batch's extra, with and without the
 label map (the target: about 2 without it).
 
-    .venv/bin/python benchmarks/bench_sliding_window.py            # 8000 vs 2000, tile 512
-    .venv/bin/python benchmarks/bench_sliding_window.py --big 2000 --whole 1000   # quick
+With `--rounds N` the cases run N times (the order reversed every other round) and the `ratio`
+lines give min / median / max over the rounds of
+- slide extra without the label map / one tile batch extra (the target: about 2), and
+- whole-image extra per megapixel / slide extra per megapixel (> 1: sliding needs less memory
+  per pixel than whole-image inference).
+
+    .venv/bin/python -m benchmarks.bench_sliding_window            # 8000 vs 2000, tile 512
+    .venv/bin/python -m benchmarks.bench_sliding_window --big 2000 --whole 1000 --rounds 3
 """
 
 from __future__ import annotations
@@ -28,7 +34,11 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from benchmarks.common import ratio_line
+
+ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 
 
@@ -122,16 +132,23 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_case(case: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--child", case]
+    command = [sys.executable, "-m", "benchmarks.bench_sliding_window", "--child", case]
     for name in ("big", "whole", "tile", "overlap", "tile_batch", "width", "classes", "threads"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"case {case} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def extra_mib(row: dict) -> float:
+    return (row["peak_kib"] - row["before_kib"]) / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--big", type=int, default=8000, help="side of the slide-mode image")
     parser.add_argument("--whole", type=int, default=2000, help="side of the whole-mode image")
@@ -141,43 +158,51 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=8, help="channels of the model")
     parser.add_argument("--classes", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every case")
     parser.add_argument("--full-logits", action="store_true", help="also time slide_logits")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         child(args)
-        return
+        return 0
+    if args.rounds < 1 or args.tile > args.big:
+        raise ValueError(
+            f"--rounds {args.rounds}, --tile {args.tile}, --big {args.big}: expected rounds >= 1 "
+            "and tile <= big"
+        )
     cases = ["tile_batch", "whole", "slide"] + (["slide_logits"] if args.full_logits else [])
     print(
         f"model: 3 convs 3x3, width {args.width}, {args.classes} classes; tile {args.tile}, "
-        f"overlap {args.overlap}, tile batch {args.tile_batch}, {args.threads} threads"
+        f"overlap {args.overlap}, tile batch {args.tile_batch}, {args.threads} threads, "
+        f"{args.rounds} round(s), a fresh process per case and round"
     )
     print(
         f"{'case':<13} {'image':>11} {'before MiB':>10} {'peak MiB':>9} {'extra MiB':>9} "
         f"{'seconds':>8}"
     )
-    rows = {}
-    for case in cases:
-        row = rows[case] = run_case(case, args)
-        extra = (row["peak_kib"] - row["before_kib"]) / 1024
-        print(
-            f"{case:<13} {row['side']:>5}x{row['side']:<5} {row['before_kib'] / 1024:>10.0f} "
-            f"{row['peak_kib'] / 1024:>9.0f} {extra:>9.0f} {row['seconds']:>8.1f}"
-        )
-    big_pixels = args.big * args.big
-    tile_extra = (rows["tile_batch"]["peak_kib"] - rows["tile_batch"]["before_kib"]) / 1024
-    slide_extra = (rows["slide"]["peak_kib"] - rows["slide"]["before_kib"]) / 1024
+    label_map = args.big * args.big / MIB
+    tile_ratios, pixel_ratios = [], []
+    for index in range(args.rounds):
+        rows = {}
+        for case in cases if index % 2 == 0 else cases[::-1]:
+            row = rows[case] = run_case(case, args)
+            print(
+                f"{case:<13} {row['side']:>5}x{row['side']:<5} {row['before_kib'] / 1024:>10.0f} "
+                f"{row['peak_kib'] / 1024:>9.0f} {extra_mib(row):>9.0f} {row['seconds']:>8.1f}"
+            )
+        tile_extra = max(extra_mib(rows["tile_batch"]), 1e-9)
+        slide_extra = extra_mib(rows["slide"])
+        tile_ratios.append((slide_extra - label_map) / tile_extra)
+        whole_per_mpx = extra_mib(rows["whole"]) / (args.whole**2 / 1e6)
+        pixel_ratios.append(whole_per_mpx / max(slide_extra / (args.big**2 / 1e6), 1e-9))
     print(
-        f"\nfloors of the {args.big}x{args.big} image: uint8 input {3 * big_pixels / MIB:.0f} MiB "
-        f"(in 'before'), uint8 labels {big_pixels / MIB:.0f} MiB (in 'extra')"
+        f"\nfloors of the {args.big}x{args.big} image: uint8 input {3 * label_map:.0f} MiB "
+        f"(in 'before'), uint8 labels {label_map:.0f} MiB (in 'extra')"
     )
-    label_map = big_pixels / MIB
-    print(
-        f"slide extra / one tile batch extra = {slide_extra / max(tile_extra, 1e-9):.2f} "
-        f"(with the label map); {(slide_extra - label_map) / max(tile_extra, 1e-9):.2f} "
-        f"without it ({slide_extra - label_map:.0f} MiB)"
-    )
+    print(ratio_line("sliding slide extra without label map / one tile batch extra", tile_ratios))
+    print(ratio_line("sliding whole-image / slide extra MiB per megapixel", pixel_ratios))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

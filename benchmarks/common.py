@@ -36,6 +36,8 @@ __all__ = [
     "format_machine",
     "format_table",
     "machine_info",
+    "paired_ratios",
+    "ratio_line",
 ]
 
 RESULTS_HEADER = """# Benchmark results
@@ -119,6 +121,27 @@ def format_table(result: dict, *, items_per_call: int | None = None, item: str =
             f"{paired['min']:8.2f}/{paired['median']:.2f}/{paired['max']:.2f}"
         )
     return "\n".join(lines)
+
+
+def paired_ratios(result: dict, name: str) -> list[float]:
+    """Per-round `name` time / first contender's time: the first's speed over `name`'s."""
+    first = result["times"][result["names"][0]]
+    return [t / f for t, f in zip(result["times"][name], first)]
+
+
+def ratio_line(label: str, values: list[float], *, rounds: str = "alternated rounds") -> str:
+    """`ratio LABEL: min / median / max` of per-round ratios, the line `segworks bench` collects.
+
+    Every benchmark prints at least one such line; its ratios are oriented so that > 1 favours
+    segworks (its throughput over the peer's, or the peer's memory over segworks').
+    """
+    if not values:
+        raise ValueError(f"ratio {label!r}: no values")
+    spread = _spread(values)
+    return (
+        f"ratio {label}: {spread['min']:.3f} / {spread['median']:.3f} / {spread['max']:.3f} "
+        f"(min / median / max over {len(values)} {rounds})"
+    )
 
 
 def machine_info(device: str = "cpu") -> dict[str, str]:

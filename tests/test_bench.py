@@ -158,10 +158,76 @@ def test_memory_child_measures_a_training_step_in_a_fresh_process():
     assert table.splitlines()[1].split() == ["m", "1", "3", "3.00x", "peer", "m"]
 
 
-def test_quick_data_benchmark_gives_a_verdict(capsys):
-    from benchmarks import bench_data
-
-    assert bench_data.main(["--quick", "--workers", "0,1"]) == 0
+def test_segworks_bench_quick_runs_every_benchmark_and_prints_its_ratios(tmp_path, capsys):
+    results = tmp_path / "RESULTS.md"
+    assert cli_main(["bench", "--quick", "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "workers=0" in out and "workers=1" in out and "decode_jpeg" in out
-    assert "the loader" in out  # the verdict line
+    names = list(bench.BENCHMARKS)
+    assert f"{len(names)}/{len(names)} ran" in out
+    summary = out[out.index("ratios, min / median / max") :]
+    for name in names:
+        section = out[out.index(f"=== {name}:") : out.index(f"--- {name}: done")]
+        ratio_lines = [line for line in section.splitlines() if bench.RATIO.match(line)]
+        assert ratio_lines, f"{name} printed no ratio line"
+        for line in ratio_lines:  # min <= median <= max, all positive
+            low, mid, high = (float(v) for v in line.split(": ")[-1].split(" (")[0].split(" / "))
+            assert 0 < low <= mid <= high, line
+        assert f"[{name}] " in summary and f"[{name}] no ratio" not in summary
+    for pair in ("fcn_resnet50", "unet_resnet34", "deeplabv3_resnet101", "maskrcnn_r50_fpn"):
+        assert f"ratio {pair} training step throughput" in out
+        assert f"ratio {pair} inference throughput" in out
+    assert "outputs equal before timing: True" in out  # deeplabv3: same weights, same math
+    assert "workers=0" in out and "decode_jpeg" in out and "the loader" in out  # data verdict
+    text = results.read_text()
+    for title in (title for _module, title in bench.BENCHMARKS.values()):
+        assert f"## {title}" in text
+    assert text.count("; load average ") == len(names)  # before and after each benchmark
+    assert "## segworks bench: summary" in text and "- command: `segworks bench --quick`" in text
+
+
+def test_a_benchmark_without_a_ratio_line_fails_the_run(monkeypatch, capsys):
+    module = types.ModuleType("benchmarks.bench_silent")
+    module.__file__ = "bench_silent.py"
+    module.main = lambda argv: print("a table but no ratio") or 0
+    monkeypatch.setitem(sys.modules, "benchmarks.bench_silent", module)
+    monkeypatch.setitem(bench.BENCHMARKS, "silent", ("benchmarks.bench_silent", "Silent"))
+    assert cli_main(["bench", "--only", "silent", "--no-write"]) == 1
+    captured = capsys.readouterr()
+    assert "silent printed no ratio line" in captured.err
+    assert "[silent] no ratio" in captured.out
+
+
+def test_full_cpu_run_gives_every_model_its_shape():
+    from benchmarks import bench_memory, bench_models
+
+    args = argparse.Namespace(
+        device="cpu", amp=None, channels_last=False, compile=False, quick=False, threads=1
+    )
+    args.covered = ["deeplabv3_resnet101", "maskrcnn_r50_fpn"]
+    argv = bench.module_argv("models", bench_models, args)
+    models = argv[argv.index("--models") + 1]
+    assert models == "fcn_resnet50@160x2,unet_resnet34@256x2"
+    assert bench_models.parse_models(models, size=64, batch=1) == [
+        ("fcn_resnet50", 160, 2),
+        ("unet_resnet34", 256, 2),
+    ]
+    assert "--threads" not in argv  # bench_models has no such flag: it runs in this process
+    argv = bench.module_argv("memory", bench_memory, args)
+    assert len(argv[argv.index("--models") + 1].split(",")) == len(bench_models.CONTESTS)
+    assert argv[argv.index("--threads") + 1] == "1"  # its fresh processes get the thread count
+
+
+@pytest.mark.parametrize("item", ["nope", "unet_resnet34@abc", "unet_resnet34@16x1", ","])
+def test_model_plan_rejects_bad_items(item):
+    from benchmarks import bench_models
+
+    with pytest.raises(ValueError, match="expected"):
+        bench_models.parse_models(item, size=64, batch=1)
+
+
+def test_ratio_line_orders_min_median_max():
+    line = common.ratio_line("x", [1.2, 0.9, 1.0])
+    assert line.startswith("ratio x: 0.900 / 1.000 / 1.200 (min / median / max over 3")
+    assert bench.RATIO.match(line)
+    with pytest.raises(ValueError, match="no values"):
+        common.ratio_line("x", [])
