@@ -319,7 +319,27 @@ def test_predictor_resize_returns_original_size_and_batches_mixed_sizes():
         np.testing.assert_array_equal(prediction.labels, plain.predict(array).labels)
 
 
+def test_predictor_long_side_runs_the_model_at_that_side_and_returns_original_size():
+    model = make_model()
+    arrays = [uint8_image(40, 30, seed=1), uint8_image(25, 50, seed=2)]
+    seen = []
+    model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[-2:]))
+    for mode, tile in (("whole", None), ("slide", (16, 16))):
+        seen.clear()
+        options = InferenceOptions(mode=mode, tile=tile, long_side=20)
+        predictions = Predictor(model, options=options).predict_batch(arrays)
+        assert [p.labels.shape for p in predictions] == [(40, 30), (25, 50)]
+        if mode == "whole":
+            assert [tuple(s) for s in seen] == [(20, 15), (10, 20)]
+    sized = Predictor(model, options=InferenceOptions(size=(32, 32), long_side=20))
+    seen.clear()
+    sized.predict(arrays[0])
+    assert [tuple(s) for s in seen] == [(32, 32)]  # an explicit size wins
+
+
 def test_predictor_rejects_bad_options_and_images():
+    with pytest.raises(ValueError, match="long_side"):
+        InferenceOptions(long_side=0)
     with pytest.raises(ValueError, match="tile"):
         InferenceOptions(mode="slide")
     with pytest.raises(ValueError, match="threshold"):

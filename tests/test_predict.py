@@ -215,3 +215,22 @@ def test_onnx_and_instance_checkpoints_are_delegated(tmp_path, monkeypatch):
     args = calls["instance"]
     assert args.inputs == ["img.jpg"] and args.coco_json == "d.json" and args.contour
     assert args.score_threshold == 0.5
+
+
+def test_long_side_defaults_to_the_training_run_and_a_flag_overrides_it():
+    import argparse
+
+    from segworks.commands import predict as predict_command
+
+    parser = argparse.ArgumentParser()
+    predict_command.add_arguments(parser)
+    trained = {"config": {"long_side": 128}}
+
+    def options(*flags, checkpoint=trained):
+        args = parser.parse_args(["in.png", *flags])
+        return predict_command.inference_options(args, checkpoint, tta=False)
+
+    assert options().long_side == 128
+    assert options("--long-side", "64").long_side == 64
+    assert options("--long-side", "0").long_side is None
+    assert options(checkpoint={"config": {}}).long_side is None

@@ -108,3 +108,14 @@ def test_epoch_repeats_visit_the_train_images_several_times_per_epoch(tmp_path):
     assert steps_after_one_epoch(3) == 6
     with pytest.raises(ValueError, match="epoch_repeats must be >= 1"):
         TrainConfig(data="d", epoch_repeats=0)
+
+
+def test_long_side_and_dihedral_flags_reach_the_config():
+    args = argparse.Namespace()
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    args = parser.parse_args(["--data", "d", "--long-side", "96", "--dihedral"])
+    settings = train_command._given_fields(args)
+    assert settings["long_side"] == 96 and settings["dihedral"] is True
+    with pytest.raises(ValueError, match="long_side"):
+        TrainConfig(data="d", long_side=4)

@@ -10,11 +10,14 @@ from PIL import Image
 
 from segworks.data.transforms import (
     ColorJitter,
+    RandomDihedral,
     RandomHorizontalFlip,
     RandomScaleCrop,
     Resize,
+    ResizeLongSide,
     ToTensorNormalize,
     eval_transforms,
+    long_side_size,
     resize_label,
     train_transforms,
 )
@@ -109,3 +112,53 @@ def test_bad_sizes_are_value_errors():
         Resize((0, 4))
     with pytest.raises(ValueError, match="scale_range"):
         RandomScaleCrop(8, scale_range=(2.0, 1.0))
+
+
+def grid_pair(size=6):
+    """A square image whose pixels are all different, and a label equal to the pixel's id."""
+    ids = np.arange(size * size).reshape(size, size)
+    rgb = np.stack([ids, ids * 3 % 256, np.zeros_like(ids)], axis=-1).astype(np.uint8)
+    return Image.fromarray(rgb), ids.astype(np.int64)
+
+
+def test_dihedral_moves_image_and_label_together_and_reaches_all_eight():
+    image, labels = grid_pair()
+    seen = set()
+    for seed in range(64):
+        torch.manual_seed(seed)
+        out_image, out_labels = RandomDihedral()(image, labels)
+        np.testing.assert_array_equal(np.asarray(out_image)[..., 0], out_labels)
+        assert out_labels.flags["C_CONTIGUOUS"]
+        torch.manual_seed(seed)
+        flipped_image, flipped = RandomDihedral()(*RandomHorizontalFlip(p=1.0)(image, labels))
+        seen.add(out_labels.tobytes())
+        seen.add(flipped.tobytes())
+    assert len(seen) == 8  # 4 from the vertical flip x transpose, 4 more with the h-flip
+
+
+def test_long_side_keeps_the_aspect_ratio():
+    assert long_side_size(144, 256, 128) == (72, 128)
+    assert long_side_size(455, 256, 128) == (128, 72)
+    assert long_side_size(3, 1000, 10) == (1, 10)
+    image, labels = ResizeLongSide(15)(*pair(20, 30))
+    assert image.size == (15, 10) and labels.shape == (10, 15)
+
+
+def test_scale_crop_with_long_side_scales_relative_to_it():
+    image, labels = pair(40, 60)
+    torch.manual_seed(0)
+    crop = RandomScaleCrop(64, scale_range=(1.0, 1.0), long_side=30)
+    out_image, out_labels = crop(image, labels)
+    assert ((out_labels != 255).sum(0) > 0).sum() == 30  # 60 wide -> 30 valid columns
+    assert ((out_labels != 255).sum(1) > 0).sum() == 20
+    control = RandomScaleCrop(64, scale_range=(1.0, 1.0))(image, labels)[1]
+    assert ((control != 255).sum(0) > 0).sum() == 60
+
+
+def test_pipelines_take_long_side_and_dihedral():
+    image, labels = pair(40, 60)
+    assert eval_transforms(long_side=30)(image, labels)[1].shape == (20, 30)
+    assert eval_transforms(size=8, long_side=30)(image, labels)[1].shape == (8, 8)  # size wins
+    steps = repr(train_transforms(crop_size=16, dihedral=True, long_side=30))
+    assert "RandomDihedral" in steps and "long_side=30" in steps
+    assert "RandomDihedral" not in repr(train_transforms(crop_size=16))

@@ -72,6 +72,8 @@ class TrainConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)
     hflip: bool = True
     jitter: float = 0.0
+    dihedral: bool = False  # random vertical flips and 90-degree turns too (top-down photos)
+    long_side: int | None = None  # resize each image so its longer side is N (train and eval)
     eval_size: int | tuple[int, int] | None = None  # validate at N x N or (H, W); None: as loaded
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -113,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.val_split < 1.0:
             raise ValueError(f"val_split must be a fraction in [0, 1), got {self.val_split}")
+        if self.long_side is not None and self.long_side < 8:
+            raise ValueError(f"long_side must be >= 8 pixels, got {self.long_side}")
         if self.warmup < 0 or self.snapshot_every < 0 or self.workers < 0:
             raise ValueError("warmup, snapshot_every and workers must be >= 0")
         if self.patience is not None and self.patience < 1:

@@ -167,6 +167,7 @@ def evaluate_variant(
         mean=meta.get("mean", IMAGENET_MEAN),
         std=meta.get("std", IMAGENET_STD),
         size=options.size,
+        long_side=options.long_side,
         mode=options.mode,
         tile=options.tile,
         overlap=options.overlap,

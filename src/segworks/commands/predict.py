@@ -71,6 +71,12 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--size", nargs="+", type=int, metavar="N", help="resize input to N (square) or H W"
     )
+    group.add_argument(
+        "--long-side",
+        type=int,
+        metavar="N",
+        help="resize input to longer side N, aspect kept (default: as trained; 0 = original)",
+    )
     group.add_argument("--mode", choices=["whole", "slide"], help="default: slide with --tile")
     group.add_argument(
         "--tile",
@@ -127,6 +133,7 @@ def inference_options(args: argparse.Namespace, checkpoint: dict, *, tta: bool):
         tta_flip=tta and not args.no_tta_flip,
         tta_scales=scales,
         size=_pair_flag(args.size, "--size"),
+        long_side=_long_side(args, checkpoint),
         threshold=args.threshold,
     )
 
@@ -172,6 +179,14 @@ def _pair_flag(values, name: str) -> tuple[int, int] | None:
     if len(values) not in (1, 2) or min(values) < 1:
         raise ValueError(f"{name}: expected N or H W (positive), got {values}")
     return (values[0], values[-1])
+
+
+def _long_side(args: argparse.Namespace, checkpoint: dict) -> int | None:
+    """--long-side, else the training run's (0 or a --size means: none)."""
+    given = getattr(args, "long_side", None)
+    if given is None:
+        given = (checkpoint.get("config") or {}).get("long_side")
+    return given or None
 
 
 def _training_crop(checkpoint: dict):

@@ -90,6 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     aug.add_argument("--scale-range", type=float, nargs=2, metavar=("LOW", "HIGH"))
     aug.add_argument("--no-hflip", dest="hflip", action="store_false", default=None)
     aug.add_argument("--jitter", type=float, help="colour jitter strength (0 = off)")
+    aug.add_argument("--dihedral", action="store_true", default=None,
+                     help="also vertical flips and 90-degree turns (data with no 'up')")  # fmt: skip
+    aug.add_argument("--long-side", type=int, metavar="N",
+                     help="resize images to longer side N before augmenting and evaluating")  # fmt: skip
     aug.add_argument("--eval-size", type=int, nargs="+", metavar="N",
                      help="validate resized to N x N, or to H W")  # fmt: skip
     aug.add_argument("--mean", type=float, nargs=3, help="normalisation mean (0..1 scale)")

@@ -64,9 +64,19 @@ class Compose:
         return f"Compose([{inner}])"
 
 
+def long_side_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(H, W) with the longer side `long_side` and the aspect ratio kept (sides at least 1)."""
+    factor = long_side / max(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
 class RandomScaleCrop:
     """Rescale by a factor drawn uniformly from scale_range, pad to at least crop_size (image
-    with `fill`, label with the ignore index), then crop crop_size at a random position."""
+    with `fill`, label with the ignore index), then crop crop_size at a random position.
+
+    With `long_side`, the factor is relative to the image resized to that longer side (one
+    resampling, not two), so images of any size reach the network at one scale.
+    """
 
     def __init__(
         self,
@@ -75,6 +85,7 @@ class RandomScaleCrop:
         *,
         fill: tuple[int, int, int] = (0, 0, 0),
         ignore_index: int = IGNORE_INDEX,
+        long_side: int | None = None,
     ):
         if not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range!r}")
@@ -82,11 +93,14 @@ class RandomScaleCrop:
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.fill = tuple(fill)
         self.ignore_index = ignore_index
+        self.long_side = long_side
 
     def __call__(self, image: Image.Image, label: np.ndarray) -> Pair:
         low, high = self.scale_range
         scale = low + (high - low) * float(torch.rand(()))
         width, height = image.size
+        if self.long_side is not None:
+            scale *= self.long_side / max(height, width)
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         image, label = resize_pair(image, label, size)
         image, label = self._pad(image, label)
@@ -113,7 +127,10 @@ class RandomScaleCrop:
         return image, label[top : top + crop_h, left : left + crop_w]
 
     def __repr__(self) -> str:
-        return f"RandomScaleCrop(crop_size={self.crop_size}, scale_range={self.scale_range})"
+        return (
+            f"RandomScaleCrop(crop_size={self.crop_size}, scale_range={self.scale_range}, "
+            f"long_side={self.long_side})"
+        )
 
 
 class RandomHorizontalFlip:
@@ -127,6 +144,22 @@ class RandomHorizontalFlip:
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
+
+
+class RandomDihedral:
+    """One of the 8 turns and mirror images of the square, uniformly: a vertical flip and a
+    transpose, each with probability 1/2 (with a horizontal flip before, all 8 are reachable).
+    For data with no "up": top-down photos, microscopy, aerial images."""
+
+    def __call__(self, image: Image.Image, label: np.ndarray) -> Pair:
+        if float(torch.rand(())) < 0.5:
+            image, label = image.transpose(Image.FLIP_TOP_BOTTOM), label[::-1]
+        if float(torch.rand(())) < 0.5:
+            image, label = image.transpose(Image.TRANSPOSE), label.T
+        return image, np.ascontiguousarray(label)
+
+    def __repr__(self) -> str:
+        return "RandomDihedral()"
 
 
 class ColorJitter:
@@ -163,6 +196,20 @@ class Resize:
         return f"Resize(size={self.size})"
 
 
+class ResizeLongSide:
+    """Resize so the longer side is `long_side` (aspect kept): image bilinear, label nearest."""
+
+    def __init__(self, long_side: int):
+        self.long_side = long_side
+
+    def __call__(self, image: Image.Image, label: np.ndarray) -> Pair:
+        width, height = image.size
+        return resize_pair(image, label, long_side_size(height, width, self.long_side))
+
+    def __repr__(self) -> str:
+        return f"ResizeLongSide({self.long_side})"
+
+
 class ToTensorNormalize:
     """PIL image -> FloatTensor[3, H, W] normalised with mean/std (on the 0..1 scale);
     label -> LongTensor[H, W]."""
@@ -187,13 +234,18 @@ def train_transforms(
     scale_range: tuple[float, float] = (0.5, 2.0),
     hflip: bool = True,
     jitter: float = 0.0,
+    dihedral: bool = False,
+    long_side: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> Compose:
-    """Random scale + crop (labels padded with 255), optional flip and jitter, normalise."""
-    steps: list[Callable] = [RandomScaleCrop(crop_size, scale_range)]
+    """Random scale + crop (labels padded with 255), optional flips/turns and jitter, normalise.
+    `long_side` makes the scale relative to the image resized to that longer side."""
+    steps: list[Callable] = [RandomScaleCrop(crop_size, scale_range, long_side=long_side)]
     if hflip:
         steps.append(RandomHorizontalFlip())
+    if dihedral:
+        steps.append(RandomDihedral())
     if jitter > 0:
         steps.append(ColorJitter(jitter, jitter, jitter, min(jitter, 0.5) / 4))
     steps.append(ToTensorNormalize(mean, std))
@@ -203,10 +255,15 @@ def train_transforms(
 def eval_transforms(
     *,
     size: Size | None = None,
+    long_side: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> Compose:
-    """Optional resize to a fixed size, then normalise (labels stay whole: no crop)."""
-    steps: list[Callable] = [Resize(size)] if size is not None else []
+    """Optional resize to a fixed size (or to a longer side), then normalise (no crop)."""
+    steps: list[Callable] = []
+    if size is not None:
+        steps.append(Resize(size))
+    elif long_side is not None:
+        steps.append(ResizeLongSide(long_side))
     steps.append(ToTensorNormalize(mean, std))
     return Compose(steps)

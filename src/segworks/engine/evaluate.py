@@ -3,7 +3,8 @@
 `evaluate` runs the model on every image of a dataset (anything with ``len()`` and
 ``read(i) -> (PIL RGB image, int64 (H, W) labels with 255 = void)`` at the original size, e.g.
 `segworks.data.SegmentationDataset`), turns the logits into labels at the image's original size
-(the input may be resized with ``size``; logits are resized back, labels never are) and counts
+(the input may be resized with ``size`` or ``long_side``; logits are resized back, labels
+never are) and counts
 one dataset-level confusion matrix. Binary models (one logit channel) are scored as the two
 classes {0: background, 1: foreground} with foreground where sigmoid(logit) > ``threshold``.
 
@@ -74,6 +75,7 @@ def evaluate(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     size: tuple[int, int] | None = None,
+    long_side: int | None = None,
     mode: str = "whole",
     tile: tuple[int, int] | None = None,
     overlap: float = 0.5,
@@ -99,6 +101,7 @@ def evaluate(
         tta_flip=tta_flip,
         tta_scales=tuple(tta_scales),
         size=size,
+        long_side=long_side,
         threshold=threshold,
     )
     predictor = Predictor(model, task=meta.task, mean=mean, std=std, device=device, options=options)

@@ -554,6 +554,8 @@ def build_data(cfg: TrainConfig) -> Data:
             scale_range=cfg.scale_range,
             hflip=cfg.hflip,
             jitter=cfg.jitter,
+            dihedral=cfg.dihedral,
+            long_side=cfg.long_side,
             mean=cfg.mean,
             std=cfg.std,
         ),
@@ -561,7 +563,9 @@ def build_data(cfg: TrainConfig) -> Data:
     )
     val_set = None
     if val_samples:
-        transform = eval_transforms(size=cfg.eval_size, mean=cfg.mean, std=cfg.std)
+        transform = eval_transforms(
+            size=cfg.eval_size, long_side=cfg.long_side, mean=cfg.mean, std=cfg.std
+        )
         val_set = source.dataset(val_samples, transform=transform, skip_bad=cfg.skip_bad)
     weights = median_weights(train_set, meta) if cfg.class_weights == "median" else None
     if cfg.epoch_repeats > 1:

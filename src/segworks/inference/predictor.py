@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD
+from segworks.data.transforms import long_side_size
 from segworks.inference.sliding_window import iter_blocks, resolve_stride, slide_logits
 from segworks.inference.tta import Forward, check_scales, model_forward, tta_forward
 
@@ -91,6 +92,7 @@ class InferenceOptions:
     tta_flip: bool = False
     tta_scales: tuple[float, ...] = (1.0,)
     size: tuple[int, int] | None = None  # resize input to (H, W); logits resized back
+    long_side: int | None = None  # resize input to this longer side (aspect kept), unless size
     threshold: float = 0.5  # binary: foreground where sigmoid(logit) > threshold
 
     def __post_init__(self) -> None:
@@ -102,6 +104,8 @@ class InferenceOptions:
             self.tile = _pair(self.tile, "tile")
         if self.size is not None:
             self.size = _pair(self.size, "size")
+        if self.long_side is not None and self.long_side < 1:
+            raise ValueError(f"long_side must be a positive number of pixels, got {self.long_side}")
         if not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         self.tta_scales = check_scales(self.tta_scales)
@@ -152,7 +156,7 @@ class Predictor:
     def predict_batch(self, images: Sequence[Image.Image | np.ndarray]) -> list[Prediction]:
         """Predictions of several images; whole mode runs same-size inputs as one batch."""
         arrays = [_as_uint8(image) for image in images]
-        if self.options.mode == "slide" and self.options.size is None:
+        if self.options.mode == "slide" and self._input_size(arrays[0]) is None:
             return [self._predict_streaming(array) for array in arrays]
         sizes = {array.shape[:2] for array in arrays}
         if self.options.mode == "whole" and (len(sizes) == 1 or self.options.size is not None):
@@ -175,8 +179,8 @@ class Predictor:
         """Logits of each array at its original size; with `size`, all run at that size."""
         opts = self.options
         originals = [array.shape[:2] for array in arrays]
-        if opts.size is not None:
-            arrays = [_resize_uint8(array, opts.size) for array in arrays]
+        sizes = [self._input_size(array) for array in arrays]
+        arrays = [a if size is None else _resize_uint8(a, size) for a, size in zip(arrays, sizes)]
         batch = torch.stack([_chw_view(array) for array in arrays])
         if opts.mode == "whole":
             logits = self.forward(self._prepare(batch)).float()
@@ -186,6 +190,14 @@ class Predictor:
             _resize_logits(item[None], size)[0] if item.shape[-2:] != size else item
             for item, size in zip(logits, originals)
         ]
+
+    def _input_size(self, array: np.ndarray) -> tuple[int, int] | None:
+        """The (H, W) the model sees for this array, or None for its own size."""
+        if self.options.size is not None:
+            return self.options.size
+        if self.options.long_side is not None:
+            return long_side_size(*array.shape[:2], self.options.long_side)
+        return None
 
     def _slide(self, image: Tensor) -> Tensor:
         return slide_logits(self.forward, image, **self._slide_kwargs())
