@@ -99,6 +99,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run_overrides(data, seed: int, folder: str, source) -> dict:
+    """TrainConfig fields every benchmark run shares: CPU, quiet, no validation while training."""
+    return dict(
+        data=str(data),
+        seed=seed,
+        device="cpu",
+        out=folder,
+        progress=False,
+        tensorboard=False,
+        snapshot_every=0,
+        val_name="no-validation-while-training",
+        val_split=0.0,
+        num_classes=len(source.meta.class_names),
+    )
+
+
 def run(args: argparse.Namespace) -> dict:
     from segworks.data import open_source
     from segworks.engine.train import train
@@ -107,18 +123,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     source = open_source(str(args.data))
     with tempfile.TemporaryDirectory(prefix="bench_camvid_") as folder:
-        overrides = dict(
-            data=str(args.data),
-            seed=args.seed,
-            device="cpu",
-            out=folder,
-            progress=False,
-            tensorboard=False,
-            snapshot_every=0,
-            val_name="no-validation-while-training",
-            val_split=0.0,
-            num_classes=len(source.meta.class_names),
-        )
+        overrides = run_overrides(args.data, args.seed, folder, source)
         overrides.update(parse_sets(args.set))
         if args.clock == "cpu":
             overrides.update(workers=0, max_minutes=None)
@@ -202,20 +207,8 @@ def run_model(options: dict, name: str) -> dict:
     source = open_source(str(options["data"]))
     cpu_clock = options["clock"] == "cpu"
     with tempfile.TemporaryDirectory(prefix=f"bench_camvid_{name}_") as folder:
-        overrides = dict(
-            data=str(options["data"]),
-            model=name,
-            seed=options["seed"],
-            device="cpu",
-            out=folder,
-            progress=False,
-            tensorboard=False,
-            snapshot_every=0,
-            val_name="no-validation-while-training",
-            val_split=0.0,
-            num_classes=len(source.meta.class_names),
-            max_minutes=None,
-        )
+        overrides = run_overrides(options["data"], options["seed"], folder, source)
+        overrides.update(model=name, max_minutes=None)
         overrides.update(parse_sets(options["set"]))
         if cpu_clock:
             overrides["workers"] = 0  # loading counted in this process's CPU time
