@@ -186,3 +186,25 @@ def test_fcn8s_learns_texture_orientation_and_a_per_pixel_control_does_not():
     task = {"steps": 200, "lr": 1e-3, "size": 64, "sides": (24, 36)}
     assert train_and_score(model, **task) > 0.7
     assert train_and_score(PerPixel(), **task) < 0.4
+
+
+@pytest.mark.parametrize("padding", [0, 3])
+def test_fc6_trains_as_a_matrix_product_with_the_gradients_of_a_convolution(padding):
+    from segworks.models.backbones import MatmulConv2d
+
+    torch.manual_seed(0)
+    ours = MatmulConv2d(6, 5, 7, padding=padding).train()
+    reference = torch.nn.Conv2d(6, 5, 7, padding=padding)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 6, 9, 8, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    out, out_ref = ours(x), reference(x_ref)
+    grad = torch.randn_like(out_ref)
+    (out * grad).sum().backward()
+    (out_ref * grad).sum().backward()
+    torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.bias.grad, reference.bias.grad)
+    with torch.no_grad():  # evaluation is the plain convolution, bit for bit
+        assert torch.equal(ours.eval()(x), reference(x))

@@ -137,6 +137,31 @@ _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 51
 _POOL3, _POOL4 = 16, 23  # indices of pool3 and pool4 in torchvision's vgg16().features
 
 
+class MatmulConv2d(nn.Conv2d):
+    """A Conv2d that trains on the CPU as unfold + matrix product.
+
+    FCN's fc6 (7x7, 512 -> 4096 channels) sees maps of a few pixels; there, oneDNN's
+    convolution backward on the CPU was measured ~50x slower than its forward (35 s against
+    0.6 s for one 176 px image, torch 2.14), while the same product as a matrix multiply
+    trains at matmul speed. Evaluation (and every non-CPU device) uses the plain convolution,
+    so large inference inputs never build the unfolded matrix. Same parameters, same result
+    up to float rounding.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and x.is_cpu) or self.groups != 1 or self.padding_mode != "zeros":
+            return self._conv_forward(x, self.weight, self.bias)
+        batch, _, height, width = x.shape
+        kernel, pad, stride, dilation = self.kernel_size, self.padding, self.stride, self.dilation
+        cols = nn.functional.unfold(x, kernel, dilation=dilation, padding=pad, stride=stride)
+        out = self.weight.flatten(1) @ cols
+        if self.bias is not None:
+            out = out + self.bias[:, None]
+        out_h = (height + 2 * pad[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+        out_w = (width + 2 * pad[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+        return out.view(batch, self.out_channels, out_h, out_w)
+
+
 class VGG16Encoder(nn.Module):
     """VGG16 convolutions + fc6 (7x7) and fc7 (1x1) as convolutions: x -> pool3, pool4, fc7.
 
@@ -158,7 +183,7 @@ class VGG16Encoder(nn.Module):
         super().__init__()
         self.features = _vgg16_features(in_channels, width, pad100)
         top = self.features[-3].out_channels
-        self.fc6 = nn.Conv2d(top, fc_channels, 7, padding=0 if pad100 else 3)
+        self.fc6 = MatmulConv2d(top, fc_channels, 7, padding=0 if pad100 else 3)
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout(0.5)
         self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
