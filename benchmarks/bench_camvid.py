@@ -268,11 +268,13 @@ def score_checkpoint(checkpoint: Path, dataset) -> dict:
     """Parameters, mIoU, pixel accuracy and IoU per class at 360x480 (inputs at 180x240)."""
     from segworks.checkpoint import load_checkpoint, model_from_checkpoint
     from segworks.engine.evaluate import evaluate
+    from segworks.inference import InferenceOptions
 
     saved = load_checkpoint(checkpoint)
     model = model_from_checkpoint(saved, checkpoint).eval()
     meta = saved["meta"]
-    results = evaluate(model, dataset, meta, mean=meta["mean"], std=meta["std"], size=SIZE,
+    options = InferenceOptions(size=SIZE)
+    results = evaluate(model, dataset, meta, mean=meta["mean"], std=meta["std"], options=options,
                        progress=False)  # fmt: skip
     return {"params_m": count_parameters(model) / 1e6, "miou": results["miou"],
             "pixel_accuracy": results["pixel_accuracy"],

@@ -148,6 +148,7 @@ def score(checkpoint: Path, dataset, size: tuple[int, int] | None = None) -> dic
     training run's long side, if it had one), plain and with flip TTA (`miou_flip`)."""
     from segworks.checkpoint import load_checkpoint, model_from_checkpoint
     from segworks.engine.evaluate import evaluate
+    from segworks.inference import InferenceOptions
 
     saved = load_checkpoint(checkpoint)
     model = model_from_checkpoint(saved, checkpoint).eval()
@@ -160,9 +161,7 @@ def score(checkpoint: Path, dataset, size: tuple[int, int] | None = None) -> dic
             meta,
             mean=meta["mean"],
             std=meta["std"],
-            size=size,
-            long_side=long_side,
-            tta_flip=flip,
+            options=InferenceOptions(size=size, long_side=long_side, tta_flip=flip),
             progress=False,
         )  # fmt: skip
         for flip in (False, True)

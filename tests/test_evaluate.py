@@ -18,7 +18,7 @@ from segworks.cli import main
 from segworks.data.meta import DatasetMeta
 from segworks.engine.evaluate import evaluate
 from segworks.errors import DataError
-from segworks.inference import predict_logits
+from segworks.inference import InferenceOptions, predict_logits
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -122,7 +122,9 @@ def test_resized_inference_is_scored_at_original_resolution():
     pairs = random_pairs([(21, 34), (40, 18)], num_classes=3, seed=2)
     model = make_model(3)
     meta = DatasetMeta(class_names=["a", "b", "c"])
-    results = evaluate(model, ListDataset(pairs), meta, size=(16, 16), progress=False)
+    results = evaluate(
+        model, ListDataset(pairs), meta, options=InferenceOptions(size=(16, 16)), progress=False
+    )
     assert results["num_pixels"] == sum(int((gt != 255).sum()) for _, gt in pairs)
     assert results["settings"]["size"] == [16, 16]
     whole = evaluate(model, ListDataset(pairs), meta, progress=False)
@@ -134,7 +136,13 @@ def test_binary_threshold_maps_to_two_classes():
     model = make_model(1)
     meta = DatasetMeta(class_names=["background", "foreground"], task="binary")
     for threshold in (0.3, 0.7):
-        results = evaluate(model, ListDataset(pairs), meta, threshold=threshold, progress=False)
+        results = evaluate(
+            model,
+            ListDataset(pairs),
+            meta,
+            options=InferenceOptions(threshold=threshold),
+            progress=False,
+        )
         predictions = reference_predictions(model, pairs, binary_threshold=threshold)
         expected = brute_force_matrix(predictions, pairs, 2)
         np.testing.assert_array_equal(np.array(results["confusion_matrix"]), expected)
@@ -145,10 +153,16 @@ def test_tta_and_slide_settings_are_applied():
     model, meta = make_model(3), DatasetMeta(class_names=["a", "b", "c"])
     plain = evaluate(model, ListDataset(pairs), meta, progress=False)
     tiled = evaluate(
-        model, ListDataset(pairs), meta, mode="slide", tile=(16, 16), margin=2, progress=False
+        model,
+        ListDataset(pairs),
+        meta,
+        options=InferenceOptions(mode="slide", tile=(16, 16), margin=2),
+        progress=False,
     )
     assert tiled["confusion_matrix"] == plain["confusion_matrix"]  # margin >= receptive field
-    tta = evaluate(model, ListDataset(pairs), meta, tta_flip=True, progress=False)
+    tta = evaluate(
+        model, ListDataset(pairs), meta, options=InferenceOptions(tta_flip=True), progress=False
+    )
     assert tta["settings"]["tta_flip"] is True
     assert tta["confusion_matrix"] != plain["confusion_matrix"]
 

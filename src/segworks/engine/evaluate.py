@@ -3,10 +3,10 @@
 `evaluate` runs the model on every image of a dataset (anything with ``len()`` and
 ``read(i) -> (PIL RGB image, int64 (H, W) labels with 255 = void)`` at the original size, e.g.
 `segworks.data.SegmentationDataset`), turns the logits into labels at the image's original size
-(the input may be resized with ``size`` or ``long_side``; logits are resized back, labels
-never are) and counts
-one dataset-level confusion matrix. Binary models (one logit channel) are scored as the two
-classes {0: background, 1: foreground} with foreground where sigmoid(logit) > ``threshold``.
+(`options`, a `segworks.inference.InferenceOptions`, may resize the input, slide a window or
+add TTA; logits are resized back, labels never are) and counts one dataset-level confusion
+matrix. Binary models (one logit channel) are scored as the two
+classes {0: background, 1: foreground} with foreground where sigmoid(logit) > ``options.threshold``.
 
 Absent classes: the numbers follow `segworks.metrics` (its module docstring). A class with no
 ground-truth and no predicted pixel has IoU/Dice NaN and is left out of mIoU and mean Dice
@@ -74,36 +74,14 @@ def evaluate(
     device: torch.device | str = "cpu",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    size: tuple[int, int] | None = None,
-    long_side: int | None = None,
-    mode: str = "whole",
-    tile: tuple[int, int] | None = None,
-    overlap: float = 0.5,
-    margin: int = 0,
-    tile_batch: int = 4,
-    gaussian: bool = True,
-    tta_flip: bool = False,
-    tta_scales: Sequence[float] = (1.0,),
-    threshold: float = 0.5,
+    options: InferenceOptions | None = None,
     collect_samples: int = 0,
     progress: bool = True,
     desc: str = "eval",
 ) -> dict[str, Any]:
     """Metrics of `model` on every image of `dataset`; see the module docstring."""
     meta = meta if isinstance(meta, DatasetMeta) else DatasetMeta.from_dict(meta)
-    options = InferenceOptions(
-        mode=mode,
-        tile=tile,
-        overlap=overlap,
-        margin=margin,
-        tile_batch=tile_batch,
-        gaussian=gaussian,
-        tta_flip=tta_flip,
-        tta_scales=tuple(tta_scales),
-        size=size,
-        long_side=long_side,
-        threshold=threshold,
-    )
+    options = options or InferenceOptions()
     predictor = Predictor(model, task=meta.task, mean=mean, std=std, device=device, options=options)
     total = ConfusionMatrix(meta.num_classes, class_names=list(meta.class_names), device="cpu")
     ranking = _Ranking(collect_samples)
