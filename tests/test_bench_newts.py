@@ -1,0 +1,46 @@
+"""benchmarks/bench_newts.py: its setting parser, its table, and a tiny end-to-end run."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+bench = pytest.importorskip("benchmarks.bench_newts")
+
+
+def test_parse_sets_reads_json_values_and_makes_ranges_tuples():
+    settings = bench.parse_sets(["lr=0.001", "scale_range=[0.5, 1.5]", "dihedral=false"])
+    assert settings == {"lr": 0.001, "scale_range": (0.5, 1.5), "dihedral": False}
+
+
+def test_table_reports_the_mean_and_the_spread_over_seeds():
+    rows = [
+        {"seed": 0, "epochs": 3, "train_min": 1.0, "cpu_min": 0.9, "miou": 0.6,
+         "iou": [0.8, 0.5, 0.5], "miou_flip": 0.62},
+        {"seed": 1, "epochs": 3, "train_min": 1.1, "cpu_min": 1.0, "miou": 0.8,
+         "iou": [0.9, 0.7, 0.8], "miou_flip": 0.78},
+    ]  # fmt: skip
+    text = bench.table("recipe", rows)
+    assert "mean mIoU 0.7000  min 0.6000  max 0.8000  (over 2 seeds)" in text
+    assert "mean IoU per class: 0.850  0.600  0.650" in text
+    assert "mean mIoU 0.7000" in text.splitlines()[-3]
+    assert text.splitlines()[-1].endswith("mean mIoU 0.7000")  # the flip TTA mean
+
+
+def test_a_tiny_run_trains_and_scores_the_test_split(shared_datasets, capsys):
+    newts = shared_datasets / "newts"
+    if not (newts / "train").is_dir():
+        pytest.skip("no newts dataset")
+    argv = ["--data", str(newts), "--seeds", "0", "--minutes", "0.05", "--threads", "1",
+            "--clock", "cpu", "--set", "epoch_repeats=1", "--set", "batch_size=4"]  # fmt: skip
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "train -> test" in out
+    line = next(x for x in out.splitlines() if x.startswith("mean mIoU") and "seeds" in x)
+    miou = float(line.split()[2])
+    assert 0.0 <= miou <= 1.0
+    assert "mean IoU per class:" in out
