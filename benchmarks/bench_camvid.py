@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_newts import parse_sets, score
+from benchmarks.bench_newts import parse_sets, run_overrides, score
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
 SIZE = (180, 240)  # (H, W): CamVid at half resolution, "240x180"
@@ -97,22 +97,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe setting (JSON value)")  # fmt: skip
     return parser.parse_args(argv)
-
-
-def run_overrides(data, seed: int, folder: str, source) -> dict:
-    """TrainConfig fields every benchmark run shares: CPU, quiet, no validation while training."""
-    return dict(
-        data=str(data),
-        seed=seed,
-        device="cpu",
-        out=folder,
-        progress=False,
-        tensorboard=False,
-        snapshot_every=0,
-        val_name="no-validation-while-training",
-        val_split=0.0,
-        num_classes=len(source.meta.class_names),
-    )
 
 
 def run(args: argparse.Namespace) -> dict:

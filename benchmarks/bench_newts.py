@@ -87,28 +87,21 @@ def run_all(args: argparse.Namespace, which: str) -> list[dict]:
 
 # --------------------------------------------------------------------------- the recipe
 def run_recipe(options: dict, seed: int) -> dict:
+    from segworks.data import open_source
     from segworks.engine.train import split_samples, train
     from segworks.recipes import epochs_for_budget, recipe_config
 
     torch.set_num_threads(options["threads"])
+    source = open_source(str(options["data"]))
     with tempfile.TemporaryDirectory(prefix="bench_newts_") as folder:
-        overrides = dict(
-            data=str(options["data"]),
-            seed=seed,
-            device="cpu",
-            out=folder,
-            progress=False,
-            tensorboard=False,
-            snapshot_every=0,
-            val_split=VAL_FRACTION if options["validate"] else 0.0,
-        )
+        overrides = run_overrides(options["data"], seed, folder, source)
+        overrides["val_split"] = VAL_FRACTION if options["validate"] else 0.0
         overrides.update(parse_sets(options["set"]))
         if options["clock"] == "cpu":
             overrides.update(workers=0, max_minutes=None)  # loading counted in this process
         else:
             overrides["max_minutes"] = options["minutes"]
         cfg = recipe_config(options["recipe"], **overrides)
-        source = open_newts(cfg)
         train_samples, val_samples = split_samples(cfg, source.splits)
         clock = time.process_time if options["clock"] == "cpu" else time.perf_counter
         budget = options["minutes"] * (options["threads"] if options["clock"] == "cpu" else 1)
@@ -127,10 +120,20 @@ def steps_per_epoch(cfg, images: int) -> int:
     return max(1, images * cfg.epoch_repeats // cfg.batch_size)
 
 
-def open_newts(cfg):
-    from segworks.data import open_source
-
-    return open_source(cfg.data)
+def run_overrides(data, seed: int, folder: str, source) -> dict:
+    """TrainConfig fields every benchmark run shares: CPU, quiet, no validation while training."""
+    return dict(
+        data=str(data),
+        seed=seed,
+        device="cpu",
+        out=folder,
+        progress=False,
+        tensorboard=False,
+        snapshot_every=0,
+        val_name="no-validation-while-training",
+        val_split=0.0,
+        num_classes=len(source.meta.class_names),
+    )
 
 
 def parse_sets(items: list[str]) -> dict:
