@@ -45,10 +45,14 @@ class TrainConfig:
     # 2. model
     model: str = "unet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None  # registry name, "imagenet", a file, or None/"none"
     backbone_weights: str | None = None
     weights: str | None = None
     reset_classifier: bool = False
     sync_bn: bool = False
+    backbone_lr_mult: float = 1.0  # learning rate of the encoder relative to `lr`
+    freeze_backbone_epochs: int = 0  # encoder frozen (weights and BatchNorm) for N epochs
+    freeze_bn: bool = False  # encoder BatchNorm statistics stay as loaded
 
     # 3. optimisation
     epochs: int = 50
@@ -75,8 +79,8 @@ class TrainConfig:
     dihedral: bool = False  # random vertical flips and 90-degree turns too (top-down photos)
     long_side: int | None = None  # resize each image so its longer side is N (train and eval)
     eval_size: int | tuple[int, int] | None = None  # validate at N x N or (H, W); None: as loaded
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, float, float] | None = None  # None: the pretrained weights' (or ImageNet)
+    std: tuple[float, float, float] | None = None
 
     # 5. runtime
     seed: int = 0
@@ -97,9 +101,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.scale_range = (float(self.scale_range[0]), float(self.scale_range[1]))
+        if self.mean is None or self.std is None:
+            mean, std = self.weights_normalisation()
+            self.mean = mean if self.mean is None else self.mean
+            self.std = std if self.std is None else self.std
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
         self.validate()
+
+    def weights_normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The input normalisation the pretrained weights expect (ImageNet's by default)."""
+        from segworks.models.pretrained import normalisation
+
+        found = normalisation(self.pretrained, self.model, self.model_kwargs)
+        return found if found is not None else (IMAGENET_MEAN, IMAGENET_STD)
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that is out of range."""
@@ -117,6 +132,12 @@ class TrainConfig:
             raise ValueError(f"val_split must be a fraction in [0, 1), got {self.val_split}")
         if self.long_side is not None and self.long_side < 8:
             raise ValueError(f"long_side must be >= 8 pixels, got {self.long_side}")
+        if not self.backbone_lr_mult >= 0:
+            raise ValueError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+        if self.freeze_backbone_epochs < 0:
+            raise ValueError(
+                f"freeze_backbone_epochs must be >= 0, got {self.freeze_backbone_epochs}"
+            )
         if self.warmup < 0 or self.snapshot_every < 0 or self.workers < 0:
             raise ValueError("warmup, snapshot_every and workers must be >= 0")
         if self.patience is not None and self.patience < 1:

@@ -62,6 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--model", help="registry name (segworks models); default unet")
     model.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="builder keyword, e.g. --model-arg base_width=32 (repeatable)")  # fmt: skip
+    model.add_argument("--pretrained", metavar="NAME|PATH|none",
+                       help="starting weights: a name from `segworks weights`, 'imagenet' (the "
+                       "model's encoder), a file, or none (from scratch). Input normalisation "
+                       "follows the weights")  # fmt: skip
+    model.add_argument("--backbone-lr-mult", type=float, metavar="X",
+                       help="encoder learning rate = lr * X (default 1)")  # fmt: skip
+    model.add_argument("--freeze-backbone-epochs", type=int, metavar="N",
+                       help="keep the encoder frozen for the first N epochs")  # fmt: skip
+    model.add_argument("--freeze-bn", action="store_true", default=None,
+                       help="keep the encoder's BatchNorm statistics as loaded")  # fmt: skip
     model.add_argument("--backbone-weights", metavar="PATH", help="pretrained backbone file")
     model.add_argument("--weights", metavar="PATH", help="initial weights (checkpoint/state_dict)")
     model.add_argument("--reset-classifier", action="store_true", default=None,
@@ -120,7 +130,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     instance = parser.add_argument_group("instance segmentation (--task instance)")
     instance.add_argument("--gamma", type=float, default=1.0, help="mask loss weight")
     instance.add_argument("--roi-size", type=int, default=14)
-    instance.add_argument("--freeze-bn", action="store_true")
     instance.add_argument("--bn2affine", action="store_true", help="BatchNorm -> frozen affine")
     instance.add_argument("--min-size", type=int, help="shortest side (default: the model's)")
     instance.add_argument("--max-size", type=int, help="longest side (default: the model's)")

@@ -90,15 +90,24 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
 
 
 def wrap_model(
-    model: nn.Module, info: DistInfo, device: torch.device, *, sync_bn: bool
+    model: nn.Module,
+    info: DistInfo,
+    device: torch.device,
+    *,
+    sync_bn: bool,
+    find_unused: bool = False,
 ) -> nn.Module:
-    """SyncBatchNorm (optional) and DistributedDataParallel when running on several ranks."""
+    """SyncBatchNorm (optional) and DistributedDataParallel when running on several ranks.
+
+    `find_unused` lets some parameters go without gradients (a frozen backbone)."""
     if not info.enabled:
         return model
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=find_unused
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -95,6 +95,7 @@ def model_kwargs_from_args(args, num_classes: int) -> dict:
             getattr(args, "freeze_bn", False)
             or getattr(args, "bn2affine", False)
             or getattr(args, "backbone_weights", None)
+            or getattr(args, "pretrained", None) not in (None, "none")
         ),
     }
     for key in ("min_size", "max_size"):
@@ -117,10 +118,29 @@ def build_instance_model(args, num_classes: int) -> tuple[torch.nn.Module, dict]
         if name == "maskrcnn_tiny":
             raise ValueError("maskrcnn_tiny has no ImageNet backbone; drop --backbone-weights")
         extra["backbone_weights"] = Path(args.backbone_weights)
+    weights = getattr(args, "weights", None)
+    choice = None if getattr(args, "resume", None) else _pretrained(args, name, kwargs)
+    if choice is not None and choice.kind == "encoder":
+        extra["backbone_weights"] = choice.path
+    elif choice is not None:
+        weights = weights or choice.path
     model = build_model(name, **kwargs, **extra)
-    if getattr(args, "weights", None):
-        load_initial_weights(model, Path(args.weights), bool(getattr(args, "reset_classifier", 0)))
+    if weights:
+        reset = bool(getattr(args, "reset_classifier", 0))
+        if choice is not None and choice.entry is not None and choice.kind == "model":
+            reset = reset or len(choice.entry.class_names) != num_classes
+        load_initial_weights(model, Path(weights), reset)
     return model, kwargs
+
+
+def _pretrained(args, name: str, kwargs: dict):
+    """--pretrained for an instance model; a file is taken as whole-model weights."""
+    from segworks.models.pretrained import choose
+
+    choice = choose(getattr(args, "pretrained", None), model=name, model_kwargs=kwargs)
+    if choice is not None and choice.kind == "file":
+        return type(choice)("model", choice.path)
+    return choice
 
 
 def load_initial_weights(model: torch.nn.Module, path: Path, reset_classifier: bool) -> None:

@@ -149,7 +149,9 @@ def setup(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device) -> Run:
     if use_amp:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    wrapped = ddp.wrap_model(model, info, device, sync_bn=cfg.sync_bn)
+    wrapped = ddp.wrap_model(
+        model, info, device, sync_bn=cfg.sync_bn, find_unused=cfg.freeze_backbone_epochs > 0
+    )
     if cfg.compile:
         wrapped = torch.compile(wrapped)
     run = Run(
@@ -239,6 +241,7 @@ def train_one_epoch(run: Run) -> float:
     loss_sum = torch.zeros((), device=run.device)
     loss_count = 0
     model.train()
+    set_backbone_mode(run)
     optimizer.zero_grad(set_to_none=True)
     for micro, (images, targets) in enumerate(loader, start=run.batches_done):
         if micro >= micro_batches:
@@ -619,28 +622,75 @@ def median_weights(train_set, meta: DatasetMeta) -> torch.Tensor:
 
 
 def build_train_model(cfg: TrainConfig, meta: DatasetMeta) -> nn.Module:
+    """The registered model with its starting weights: `--pretrained` (a name or a file), or
+    the precise forms `--backbone-weights` / `--weights`. Nothing is loaded when resuming."""
     from segworks.models import build_model
+    from segworks.models.pretrained import choose
+    from segworks.models.weights import load_weights, looks_like_whole_model
 
     kwargs = dict(cfg.model_kwargs)
+    choice = None if cfg.resume else choose(cfg.pretrained, model=cfg.model, model_kwargs=kwargs)
     if cfg.backbone_weights:
         kwargs["backbone_weights"] = cfg.backbone_weights
+    weights = cfg.weights
     model = build_model(cfg.model, num_classes=meta.model_channels, **kwargs)
-    if cfg.weights:
-        from segworks.models.weights import load_weights
-
-        load_weights(model, cfg.weights, reset_classifier=cfg.reset_classifier)
+    if choice is not None:
+        whole = choice.kind == "model" or (
+            choice.kind == "file" and looks_like_whole_model(model, choice.path)
+        )
+        if whole:
+            weights = weights or choice.path
+        else:
+            kwargs["backbone_weights"] = choice.path
+            model = build_model(cfg.model, num_classes=meta.model_channels, **kwargs)
+        log.info("pretrained %s: %s (%s)", "model" if whole else "encoder", cfg.pretrained,
+                 choice.path)  # fmt: skip
+    if weights:
+        load_weights(model, weights, reset_classifier=cfg.reset_classifier, auto_reset=True)
     return model
 
 
+def backbone_of(model: nn.Module) -> nn.Module | None:
+    """The pretrained part of a model: its `encoder` or `backbone` module, if it has one."""
+    for name in ("encoder", "backbone"):
+        part = getattr(model, name, None)
+        if isinstance(part, nn.Module):
+            return part
+    return None
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Parameter groups: the backbone at `lr * backbone_lr_mult`, the rest at `lr`."""
+    backbone = backbone_of(model)
+    inner = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if id(p) not in inner], "lr": cfg.lr},
+        {"params": [p for p in params if id(p) in inner], "lr": cfg.lr * cfg.backbone_lr_mult},
+    ]
+    groups = [group for group in groups if group["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def set_backbone_mode(run: Run) -> None:
+    """Freeze the backbone's weights for the first `freeze_backbone_epochs` epochs, and keep its
+    BatchNorm statistics as loaded while frozen or with `freeze_bn` (call after model.train())."""
+    backbone = backbone_of(run.bare)
+    if backbone is None:
+        return
+    frozen = run.epoch < run.cfg.freeze_backbone_epochs
+    for parameter in backbone.parameters():
+        parameter.requires_grad_(not frozen)
+    if frozen or run.cfg.freeze_bn:
+        for module in backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 class SkipSampler(Sampler[int]):

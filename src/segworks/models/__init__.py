@@ -33,6 +33,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet": unet.unet,
     "unet_resnet": unet_resnet.unet_resnet,
     "unet_resnet34": unet_resnet.unet_resnet34,
+    "unet_mobilenet_v2": unet_resnet.unet_mobilenet_v2,
+    "unet_efficientnet_lite0": unet_resnet.unet_efficientnet_lite0,
+    "unet_efficientnet_lite1": unet_resnet.unet_efficientnet_lite1,
+    "unet_efficientnet_lite2": unet_resnet.unet_efficientnet_lite2,
     # SegNet (models/segnet.py)
     "segnet": segnet.segnet,
     "segnet_basic": segnet.segnet_basic,

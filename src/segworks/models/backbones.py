@@ -50,6 +50,7 @@ class ResNetEncoder(nn.Module):
         self.layer3 = resnet.layer3
         self.layer4 = resnet.layer4
         self.channels = tuple(_stage_channels(getattr(self, f"layer{i}")) for i in range(1, 5))
+        self.pyramid_channels = (self.conv1.out_channels, *self.channels)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -58,6 +59,19 @@ class ResNetEncoder(nn.Module):
             x = getattr(self, name)(x)
             features[name] = x
         return features
+
+    def pyramid(self, x: Tensor) -> list[Tensor]:
+        """The stem output (1/2) and the four stage outputs (1/4 ... 1/32), shallow to deep."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        levels = [x]
+        x = self.maxpool(x)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            levels.append(x)
+        return levels
+
+    def first_conv_name(self) -> str:
+        return "conv1"
 
 
 def _stage_channels(stage: nn.Sequential) -> int:

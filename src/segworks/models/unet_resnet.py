@@ -1,7 +1,8 @@
-"""U-Net (Ronneberger, Fischer and Brox, 2015) with a ResNet encoder, as the smp library builds it.
+"""U-Net (Ronneberger, Fischer and Brox, 2015) on an ImageNet encoder, as the smp library builds it.
 
-The encoder is a torchvision ResNet without pooling and fc. Its five outputs, at 1/2 (the stem:
-conv1, BN, ReLU), 1/4, 1/8, 1/16 and 1/32 of the input, feed a decoder of five blocks. Each block
+The encoder is one of `segworks.models.encoders` (torchvision's ResNets and MobileNetV2, timm's
+EfficientNet-Lite) without its classifier. Its five outputs, at 1/2 (for a ResNet the stem: conv1,
+BN, ReLU), 1/4, 1/8, 1/16 and 1/32 of the input, feed a decoder of five blocks. Each block
 upsamples its input (nearest neighbour) to the size of the next shallower feature map, 2x for
 sides that are multiples of 32, concatenates that skip feature after the upsampled map, and applies
 two 3x3 convolution - BatchNorm - ReLU layers. The last block has no skip and upsamples to the
@@ -23,9 +24,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segworks.models.backbones import RESNETS, ResNetEncoder, resnet_encoder
+from segworks.errors import SegworksError
+from segworks.models.encoders import ENCODERS, build_encoder
 
-__all__ = ["DecoderBlock", "UNetDecoder", "UNetResNet", "unet_resnet", "unet_resnet34"]
+__all__ = [
+    "DecoderBlock",
+    "EncoderUNet",
+    "UNetDecoder",
+    "unet_efficientnet_lite0",
+    "unet_efficientnet_lite1",
+    "unet_efficientnet_lite2",
+    "unet_mobilenet_v2",
+    "unet_resnet",
+    "unet_resnet34",
+]
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
@@ -75,30 +87,25 @@ class UNetDecoder(nn.Module):
         return x
 
 
-class UNetResNet(nn.Module):
-    """ResNet encoder -> U-Net decoder -> 3x3 classifier; {"out": logits at input size}."""
+class EncoderUNet(nn.Module):
+    """Encoder pyramid -> U-Net decoder -> 3x3 classifier; {"out": logits at input size}."""
 
-    def __init__(self, encoder: ResNetEncoder, decoder: UNetDecoder, num_classes: int):
+    classifier_names = ("segmentation_head",)
+
+    def __init__(self, encoder: nn.Module, decoder: UNetDecoder, num_classes: int):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         width = decoder.blocks[-1].conv2[0].out_channels
         self.segmentation_head = nn.Sequential(nn.Conv2d(width, num_classes, 3, padding=1))
 
-    def encode(self, x: Tensor) -> list[Tensor]:
-        """The stem output (1/2) and the four stage outputs (1/4 ... 1/32), shallow to deep."""
-        encoder = self.encoder
-        x = encoder.relu(encoder.bn1(encoder.conv1(x)))
-        features = [x]
-        x = encoder.maxpool(x)
-        for stage in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4):
-            x = stage(x)
-            features.append(x)
-        return features
-
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        decoded = self.decoder(self.encode(x), x.shape[-2:])
+        decoded = self.decoder(self.encoder.pyramid(x), x.shape[-2:])
         return {"out": self.segmentation_head(decoded)}
+
+    @torch.no_grad()
+    def reset_classifier(self) -> None:
+        self.segmentation_head[0].reset_parameters()
 
 
 def unet_resnet(
@@ -108,14 +115,16 @@ def unet_resnet(
     in_channels: int = 3,
     decoder_channels: Sequence[int] = DECODER_CHANNELS,
     backbone_weights: Path | str | None = None,
-) -> UNetResNet:
-    """U-Net on a ResNet encoder (resnet18/34/50/101/152), smp's `Unet` layout.
+) -> EncoderUNet:
+    """U-Net on an encoder of `segworks.models.encoders`, smp's `Unet` layout.
 
-    `decoder_channels` are the five decoder block widths, deepest first. `backbone_weights` is a
-    torchvision ImageNet state dict file for the encoder (e.g. `resnet34-b627a593.pth`).
+    `decoder_channels` are the five decoder block widths, deepest first. `backbone_weights` is an
+    ImageNet state dict file for the encoder (e.g. torchvision's `resnet34-b627a593.pth`).
     """
-    if encoder not in RESNETS:
-        raise ValueError(f"encoder {encoder!r} is not supported; expected one of {sorted(RESNETS)}")
+    if encoder not in ENCODERS:
+        raise SegworksError(
+            f"encoder {encoder!r} is not supported; expected one of {', '.join(ENCODERS)}"
+        )
     decoder_channels = tuple(decoder_channels)
     if len(decoder_channels) != len(DECODER_CHANNELS):
         raise ValueError(f"decoder_channels must have 5 widths, got {decoder_channels}")
@@ -124,14 +133,31 @@ def unet_resnet(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if any(not isinstance(c, int) or c < 1 for c in decoder_channels):
         raise ValueError(f"decoder_channels must be positive integers, got {decoder_channels}")
-    backbone = resnet_encoder(
-        name=encoder, output_stride=32, in_channels=in_channels, weights=backbone_weights
-    )
-    stem = backbone.conv1.out_channels
-    decoder = UNetDecoder((stem, *backbone.channels), decoder_channels)
-    return UNetResNet(backbone, decoder, num_classes)
+    backbone = build_encoder(encoder, in_channels=in_channels, weights=backbone_weights)
+    decoder = UNetDecoder(backbone.pyramid_channels, decoder_channels)
+    return EncoderUNet(backbone, decoder, num_classes)
 
 
-def unet_resnet34(*, num_classes: int, **kwargs) -> UNetResNet:
+def unet_resnet34(*, num_classes: int, **kwargs) -> EncoderUNet:
     """U-Net on ResNet-34 (smp's `Unet("resnet34")`); keyword arguments as `unet_resnet`."""
     return unet_resnet(num_classes=num_classes, encoder="resnet34", **kwargs)
+
+
+def unet_mobilenet_v2(*, num_classes: int, **kwargs) -> EncoderUNet:
+    """U-Net on torchvision's MobileNetV2; keyword arguments as `unet_resnet`."""
+    return unet_resnet(num_classes=num_classes, encoder="mobilenet_v2", **kwargs)
+
+
+def unet_efficientnet_lite0(*, num_classes: int, **kwargs) -> EncoderUNet:
+    """U-Net on EfficientNet-Lite0 (timm); keyword arguments as `unet_resnet`."""
+    return unet_resnet(num_classes=num_classes, encoder="efficientnet_lite0", **kwargs)
+
+
+def unet_efficientnet_lite1(*, num_classes: int, **kwargs) -> EncoderUNet:
+    """U-Net on EfficientNet-Lite1 (timm); keyword arguments as `unet_resnet`."""
+    return unet_resnet(num_classes=num_classes, encoder="efficientnet_lite1", **kwargs)
+
+
+def unet_efficientnet_lite2(*, num_classes: int, **kwargs) -> EncoderUNet:
+    """U-Net on EfficientNet-Lite2 (timm); keyword arguments as `unet_resnet`."""
+    return unet_resnet(num_classes=num_classes, encoder="efficientnet_lite2", **kwargs)

@@ -101,14 +101,45 @@ def classifier_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(names)
 
 
-def load_weights(model: nn.Module, path: str | Path, *, reset_classifier: bool = False) -> None:
+def looks_like_whole_model(model: nn.Module, path: str | Path) -> bool:
+    """True when most of the file's keys are `model`'s own (whole-model weights rather than an
+    encoder's ImageNet file)."""
+    state = read_state_dict(path)
+    own = set(model.state_dict())
+    return bool(state) and sum(key in own for key in state) >= 0.9 * len(state)
+
+
+def _classifier_differs(model: nn.Module, state: Mapping[str, Tensor]) -> bool:
+    names = tuple(f"{name}." for name in getattr(model, "classifier_names", ()))
+    expected = model.state_dict()
+    return any(
+        key.startswith(names) and key in expected and value.shape != expected[key].shape
+        for key, value in state.items()
+    )
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    reset_classifier: bool = False,
+    auto_reset: bool = False,
+) -> None:
     """Load the weights in `path` into `model` in place.
 
     With `reset_classifier`, the classifier modules' entries in the file are ignored (they may
     have another class count) and those modules are re-initialised by `model.reset_classifier()`.
-    An auxiliary head in the file is dropped (with a log line) when the model has none.
+    `auto_reset` does that only when the file's classifier has another class count (with a
+    warning). An auxiliary head in the file is dropped (with a log line) when the model has none.
     """
     state = read_state_dict(path)
+    if auto_reset and not reset_classifier and _classifier_differs(model, state):
+        logger.warning(
+            "%s: its classifier has another class count; training a new one "
+            "(the rest of the model starts from the file)",
+            path,
+        )
+        reset_classifier = True
     if getattr(model, "aux_classifier", "absent") is None:
         aux_keys = [key for key in state if key.startswith("aux_classifier.")]
         if aux_keys:
