@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("segworks.commands.evaluate", "evaluate a checkpoint on a dataset"),
     "predict": ("segworks.commands.predict", "predict images, folders or globs"),
     "models": ("segworks.commands.models", "list the registered models"),
+    "weights": ("segworks.commands.weights", "list and fetch pretrained weights"),
     "demo": ("segworks.commands.demo", "train, evaluate and predict on a built-in dataset"),
     "export": ("segworks.commands.export", "export a checkpoint to ONNX or TorchScript"),
     "bench": ("segworks.commands.bench", "benchmark segworks against its peers"),

