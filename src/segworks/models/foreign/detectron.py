@@ -205,9 +205,10 @@ def _inverse_names(keys: set[str], model: str) -> dict[str, str]:
 def _candidate_names(keys: set[str]) -> list[str]:
     names = ["conv1_w", "res_conv1_bn_s", "res_conv1_bn_b"]
     for key in keys:
-        match = re.search(r"layer(\d)\.(\d+)\.(conv[123]|bn[123]|downsample\.[01])\.", key)
+        match = re.search(r"(layer\d|res5)\.(\d+)\.(conv[123]|bn[123]|downsample\.[01])\.", key)
         if match:
-            stage, block, module = int(match.group(1)) + 1, match.group(2), match.group(3)
+            layer, block, module = match.groups()
+            stage = 5 if layer == "res5" else int(layer[-1]) + 1
             branch = {"1": "branch2a", "2": "branch2b", "3": "branch2c"}.get(module[-1], "branch1")
             branch = "branch1" if module.startswith("downsample") else branch
             base = f"res{stage}_{block}_{branch}"
