@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("segworks.commands.demo", "train, evaluate and predict on a built-in dataset"),
     "export": ("segworks.commands.export", "export a checkpoint to ONNX or TorchScript"),
     "bench": ("segworks.commands.bench", "benchmark segworks against its peers"),
+    "import-weights": ("segworks.commands.import_weights", "import Chainer / Detectron weights"),
 }
 
 log = logging.getLogger("segworks")

@@ -166,6 +166,7 @@ def evaluate_variant(
         device=device,
         mean=meta.get("mean", IMAGENET_MEAN),
         std=meta.get("std", IMAGENET_STD),
+        channel_order=meta.get("channel_order", "rgb"),
         options=options,
         collect_samples=args.report_samples if args.report else 0,
         progress=not args.no_progress,

@@ -168,6 +168,7 @@ def build_predictor(checkpoint: dict, path: str | Path, options, device):
         std=checkpoint["meta"].get("std", IMAGENET_STD),
         device=device,
         options=options,
+        channel_order=checkpoint["meta"].get("channel_order", "rgb"),
     )
     return predictor, meta
 

@@ -74,6 +74,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    channel_order: str = "rgb",
     options: InferenceOptions | None = None,
     collect_samples: int = 0,
     progress: bool = True,
@@ -82,7 +83,15 @@ def evaluate(
     """Metrics of `model` on every image of `dataset`; see the module docstring."""
     meta = meta if isinstance(meta, DatasetMeta) else DatasetMeta.from_dict(meta)
     options = options or InferenceOptions()
-    predictor = Predictor(model, task=meta.task, mean=mean, std=std, device=device, options=options)
+    predictor = Predictor(
+        model,
+        task=meta.task,
+        mean=mean,
+        std=std,
+        device=device,
+        options=options,
+        channel_order=channel_order,
+    )
     total = ConfusionMatrix(meta.num_classes, class_names=list(meta.class_names), device="cpu")
     ranking = _Ranking(collect_samples)
     per_image = []

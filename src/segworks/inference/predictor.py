@@ -132,9 +132,16 @@ class Predictor:
         std: Sequence[float] = IMAGENET_STD,
         device: torch.device | str = "cpu",
         options: InferenceOptions | None = None,
+        channel_order: str = "rgb",
     ):
+        """`mean` and `std` are on the 0..1 scale, in the model's `channel_order`: "rgb", or
+        "bgr" for models imported from Caffe/Chainer/Detectron (their 0..255 mean subtraction
+        is mean = m / 255, std = 1 / 255)."""
         if task not in ("semantic", "binary"):
             raise ValueError(f"Predictor handles 'semantic' or 'binary' models, got {task!r}")
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+        self.bgr = channel_order == "bgr"
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.task = task
@@ -173,6 +180,8 @@ class Predictor:
     def _prepare(self, batch: Tensor) -> Tensor:
         """uint8 ``(N, 3, h, w)`` -> normalised float on the model's device."""
         batch = batch.to(device=self.device, dtype=torch.float32, copy=True)  # the only copy
+        if self.bgr:
+            batch = batch.flip(1)
         return batch.div_(255).sub_(self.mean).div_(self.std)
 
     def _logits_batch(self, arrays: list[np.ndarray]) -> list[Tensor]:

@@ -16,6 +16,7 @@ from segworks.models import (
     fcn_resnet,
     mask_rcnn,
     refinenet,
+    refinenet_seed,
     segnet,
     tutorial,
     unet,
@@ -52,6 +53,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "refinenet_resnet50": refinenet.refinenet_resnet50,
     "refinenet_resnet101": refinenet.refinenet_resnet101,
     "refinenet_resnet152": refinenet.refinenet_resnet152,
+    # the RefineNet seed's Chainer network, for its snapshots (models/refinenet_seed.py)
+    "refinenet_seed": refinenet_seed.refinenet_seed,
+    "refinenet_seed_resnet50": refinenet_seed.refinenet_seed_resnet50,
+    "refinenet_seed_resnet101": refinenet_seed.refinenet_seed_resnet101,
+    "refinenet_seed_resnet152": refinenet_seed.refinenet_seed_resnet152,
     # DeepLabV3 (models/deeplabv3.py)
     "deeplabv3": deeplabv3.deeplabv3,
     "deeplabv3_resnet50": deeplabv3.deeplabv3_resnet50,

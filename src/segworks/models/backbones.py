@@ -9,6 +9,10 @@ segmentation model holding the encoder as `backbone` has torchvision's segmentat
   with dilation, as torchvision's `replace_stride_with_dilation` does for Bottleneck ResNets; the
   BasicBlock ResNets (18/34, which torchvision does not dilate) get the same scheme applied to
   their 3x3 convolutions by `dilate_resnet`.
+- `stride_in_1x1=True` moves each stage's stride from the 3x3 to the first 1x1 convolution of
+  its first Bottleneck, the original (MSRA Caffe) ResNet that Detectron and the Chainer seeds
+  use; torchvision's "v1.5" strides in the 3x3. Same parameters, different function, so weights
+  from those tools need it to give their outputs.
 - `VGG16Encoder` is VGG16's 13 convolutions with fc6/fc7 as convolutions (7x7 and 1x1, 4096
   channels, as in FCN), returning {"pool3", "pool4", "fc7"}. fc6/fc7 take torchvision's
   classifier weights reshaped.
@@ -24,7 +28,14 @@ from torchvision.models import resnet as tv_resnet
 
 from segworks.models.weights import check_state_dict, fill_input_channels, read_state_dict
 
-__all__ = ["RESNETS", "ResNetEncoder", "VGG16Encoder", "dilate_resnet", "resnet_encoder"]
+__all__ = [
+    "RESNETS",
+    "ResNetEncoder",
+    "VGG16Encoder",
+    "dilate_resnet",
+    "resnet_encoder",
+    "stride_in_1x1",
+]
 
 RESNETS = {
     "resnet18": tv_resnet.resnet18,
@@ -107,14 +118,29 @@ def _dilate_block(block: nn.Module, rate: int) -> None:
                 module.dilation, module.padding = (rate, rate), (rate, rate)
 
 
+def stride_in_1x1(resnet: tv_resnet.ResNet) -> None:
+    """Move the stride of each Bottleneck from its 3x3 to its first 1x1 convolution, in place.
+
+    This is the MSRA/Caffe ResNet of Detectron and chainer-ResNet; BasicBlock ResNets (18/34)
+    have no 1x1 convolution and are left as they are.
+    """
+    for stage in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4):
+        for block in stage:
+            if isinstance(block, tv_resnet.Bottleneck) and block.conv2.stride != (1, 1):
+                block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
+
+
 def resnet_encoder(
     *,
     name: str = "resnet101",
     output_stride: int = 32,
     in_channels: int = 3,
     weights: Path | str | None = None,
+    caffe_stride: bool = False,
 ) -> ResNetEncoder:
-    """A ResNet encoder by torchvision name, optionally with an ImageNet state dict file."""
+    """A ResNet encoder by torchvision name, optionally with an ImageNet state dict file.
+
+    `caffe_stride=True` strides in the first 1x1 convolution (`stride_in_1x1`)."""
     if name not in RESNETS:
         raise ValueError(f"backbone {name!r} is not supported; expected one of {sorted(RESNETS)}")
     if output_stride not in _DILATED_STAGES:
@@ -126,6 +152,8 @@ def resnet_encoder(
     )
     if not bottleneck:
         dilate_resnet(resnet, replace)
+    if caffe_stride:
+        stride_in_1x1(resnet)
     if weights is not None:
         _load_imagenet(resnet, weights, drop=("fc.",))
     if in_channels != 3:

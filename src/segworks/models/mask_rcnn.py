@@ -45,6 +45,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from segworks.checkpoint import read_torch_file
 from segworks.errors import DataError
+from segworks.models.backbones import stride_in_1x1
 
 __all__ = [
     "SegMaskRCNN",
@@ -165,13 +166,17 @@ def _few(keys: list[str], n: int = 8) -> str:
     return f"[{shown}{', ...' if len(keys) > n else ''}] ({len(keys)})"
 
 
-def _resnet(name: str, freeze_bn: bool | None, backbone_weights: Path | None) -> resnet.ResNet:
+def _resnet(
+    name: str, freeze_bn: bool | None, backbone_weights: Path | None, caffe_stride: bool = False
+) -> resnet.ResNet:
     if name not in RESNETS:
         raise ValueError(f"backbone must be one of {sorted(RESNETS)}, got {name!r}")
     if freeze_bn is None:  # torchvision's rule: frozen statistics only for a pretrained backbone
         freeze_bn = backbone_weights is not None
     norm_layer = FrozenBatchNorm2d if freeze_bn else nn.BatchNorm2d
     model = RESNETS[name](weights=None, norm_layer=norm_layer)
+    if caffe_stride:
+        stride_in_1x1(model)
     if backbone_weights is not None:
         load_weights(model, backbone_weights, ignore_prefixes=("fc.",))
     return model
@@ -247,13 +252,17 @@ def maskrcnn_resnet(
     roi_size: int = 14,
     freeze_bn: bool | None = None,
     trainable_layers: int | None = None,
+    caffe_stride: bool = False,
     **detector_kwargs,
 ) -> SegMaskRCNN:
     """Mask R-CNN on a ResNet; `layout` (`fpn_layout` or `c4_layout`) builds the trunk and heads.
 
+    `caffe_stride=True` strides in the first 1x1 convolution of each stage, as Detectron's
+    MSRA ResNet does (needed by weights imported from Detectron).
+
     `detector_kwargs` go to torchvision's MaskRCNN (min_size, max_size, box_score_thresh, ...).
     """
-    body = _resnet(backbone, freeze_bn, backbone_weights)
+    body = _resnet(backbone, freeze_bn, backbone_weights, caffe_stride)
     _freeze_layers(body, trainable_layers, backbone_weights is not None)
     trunk, heads = layout(body, num_classes, roi_size)
     return _assemble(trunk, weights=weights, gamma=gamma, **heads, **detector_kwargs)
