@@ -103,7 +103,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--no-tta-flip", action="store_true", help="TTA without the flip")
     group.add_argument(
-        "--threshold", type=float, default=0.5, help="binary: foreground probability cut"
+        "--threshold", type=float, help="binary: foreground probability cut (default 0.5)"
     )
 
 
@@ -113,19 +113,17 @@ def tta_requested(args: argparse.Namespace) -> bool:
 
 
 def inference_options(args: argparse.Namespace, checkpoint: dict, *, tta: bool):
-    """InferenceOptions from the flags; `tta` picks the augmented or the plain variant."""
-    from segworks.inference import InferenceOptions
+    """InferenceOptions from the flags and the checkpoint (`options_from_checkpoint`, which
+    `Predictor.from_checkpoint` uses too); `tta` picks the augmented or the plain variant."""
+    from segworks.inference.predictor import options_from_checkpoint
 
-    tile = _pair_flag(args.tile, "--tile")
-    mode = args.mode or ("slide" if tile else "whole")
-    if mode == "slide" and tile is None:
-        tile = _pair_flag(_training_crop(checkpoint), "crop_size of the checkpoint")
-        if tile is None:
-            raise ValueError("--mode slide needs --tile H W (the checkpoint names no crop size)")
     scales = tuple(args.tta_scales or (0.75, 1.0, 1.25)) if tta else (1.0,)
-    return InferenceOptions(
-        mode=mode,
-        tile=tile,
+    return options_from_checkpoint(
+        checkpoint,
+        mode=args.mode,
+        tile=_pair_flag(args.tile, "--tile"),
+        long_side=getattr(args, "long_side", None),
+        threshold=args.threshold,
         overlap=args.overlap,
         margin=args.margin,
         tile_batch=args.batch_size,
@@ -133,8 +131,6 @@ def inference_options(args: argparse.Namespace, checkpoint: dict, *, tta: bool):
         tta_flip=tta and not args.no_tta_flip,
         tta_scales=scales,
         size=_pair_flag(args.size, "--size"),
-        long_side=_long_side(args, checkpoint),
-        threshold=args.threshold,
     )
 
 
@@ -155,21 +151,10 @@ def checkpoint_task(checkpoint: dict, path: str | Path) -> str:
 
 def build_predictor(checkpoint: dict, path: str | Path, options, device):
     """(Predictor, DatasetMeta) of a semantic or binary checkpoint."""
-    from segworks.checkpoint import model_from_checkpoint
-    from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD, DatasetMeta
     from segworks.inference import Predictor
 
-    meta = DatasetMeta.from_dict(checkpoint["meta"])
-    model = model_from_checkpoint(checkpoint, path)
-    predictor = Predictor(
-        model,
-        task=meta.task,
-        mean=checkpoint["meta"].get("mean", IMAGENET_MEAN),
-        std=checkpoint["meta"].get("std", IMAGENET_STD),
-        device=device,
-        options=options,
-    )
-    return predictor, meta
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, options=options)
+    return predictor, predictor.meta
 
 
 def _pair_flag(values, name: str) -> tuple[int, int] | None:
@@ -179,19 +164,6 @@ def _pair_flag(values, name: str) -> tuple[int, int] | None:
     if len(values) not in (1, 2) or min(values) < 1:
         raise ValueError(f"{name}: expected N or H W (positive), got {values}")
     return (values[0], values[-1])
-
-
-def _long_side(args: argparse.Namespace, checkpoint: dict) -> int | None:
-    """--long-side, else the training run's (0 or a --size means: none)."""
-    given = getattr(args, "long_side", None)
-    if given is None:
-        given = (checkpoint.get("config") or {}).get("long_side")
-    return given or None
-
-
-def _training_crop(checkpoint: dict):
-    config = checkpoint.get("config") or {}
-    return config.get("crop_size")
 
 
 # --------------------------------------------------------------------------- run
