@@ -204,6 +204,18 @@ def test_val_split_is_carved_with_a_fixed_seed(tmp_path):
         split_samples(cfg, {"test": samples})
 
 
-def test_num_classes_mismatch_is_a_clear_error(shapes, tmp_path):
-    with pytest.raises(ValueError, match="num-classes 5 does not match the data: it has 3"):
-        train(tiny_config(shapes, tmp_path / "run", num_classes=5))
+def test_num_classes_below_the_data_is_a_clear_error(shapes, tmp_path):
+    with pytest.raises(ValueError, match="num-classes 2 is below what the data holds: it has 3"):
+        train(tiny_config(shapes, tmp_path / "run", num_classes=2))
+
+
+def test_num_classes_above_the_data_trains_the_declared_count(shapes, tmp_path, caplog):
+    """The RefineNet seed's `-n 21` on a VOC subset that lacks some classes."""
+    run_dir = train(tiny_config(shapes, tmp_path / "run", epochs=1, num_classes=5))
+    saved = load_checkpoint(run_dir / "last.pt")
+    assert saved["model_kwargs"]["num_classes"] == 5
+    assert saved["meta"]["class_names"] == [*SHAPE_CLASSES, "class_3", "class_4"]
+    assert len(saved["meta"]["palette"]) == 5
+    assert "classes 3..4 are absent" in caplog.text
+    plain = train(tiny_config(shapes, tmp_path / "plain", epochs=1))  # control: the data's 3
+    assert load_checkpoint(plain / "last.pt")["model_kwargs"]["num_classes"] == 3

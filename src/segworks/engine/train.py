@@ -533,19 +533,24 @@ def build_data(cfg: TrainConfig) -> Data:
     from segworks.data import open_source
     from segworks.data.transforms import eval_transforms, train_transforms
 
-    source = open_source(
-        cfg.data if cfg.data is not None else cfg.train_images,
-        list_file=cfg.train_list,
-        image_dir=cfg.train_images,
-        label_dir=cfg.train_annotations,
-        mask_format=cfg.mask_format or "auto",
-        ignore_index=cfg.ignore_index,
-        class_names=cfg.class_names,
-        task=cfg.task if cfg.task != "instance" else None,
-        reduce_zero_label=cfg.reduce_zero_label,
-    )
+    def opened(class_names):
+        return open_source(
+            cfg.data if cfg.data is not None else cfg.train_images,
+            list_file=cfg.train_list,
+            image_dir=cfg.train_images,
+            label_dir=cfg.train_annotations,
+            mask_format=cfg.mask_format or "auto",
+            ignore_index=cfg.ignore_index,
+            class_names=class_names,
+            task=cfg.task if cfg.task != "instance" else None,
+            reduce_zero_label=cfg.reduce_zero_label,
+        )
+
+    source = opened(cfg.class_names)
+    names = declared_class_names(cfg, source.meta)
+    if names != source.meta.class_names:
+        source = opened(names)
     meta = source.meta
-    check_num_classes(cfg, meta)
     train_samples, val_samples = split_samples(cfg, source.splits)
     train_set = source.dataset(
         train_samples,
@@ -573,15 +578,22 @@ def build_data(cfg: TrainConfig) -> Data:
     return Data(meta=meta, train_set=train_set, val_set=val_set, class_weights=weights)
 
 
-def check_num_classes(cfg: TrainConfig, meta: DatasetMeta) -> None:
-    if cfg.num_classes is None:
-        return
-    accepted = {meta.num_classes, meta.model_channels}
-    if cfg.num_classes not in accepted:
+def declared_class_names(cfg: TrainConfig, meta: DatasetMeta) -> list[str]:
+    """The class names to train with: the data's, extended to -n/--num-classes when that is
+    more (a subset of VOC lacks some of its 21 classes). Fewer than the data has is an error."""
+    wanted = cfg.num_classes
+    if wanted is None or wanted in (meta.num_classes, meta.model_channels):
+        return list(meta.class_names)
+    if meta.task == "binary" or wanted < meta.num_classes:
         raise ValueError(
-            f"-n/--num-classes {cfg.num_classes} does not match the data: it has "
-            f"{meta.num_classes} classes ({', '.join(meta.class_names)})"
+            f"-n/--num-classes {wanted} is below what the data holds: it has "
+            f"{meta.num_classes} classes ({', '.join(meta.class_names)}); give at least "
+            f"{meta.num_classes}"
         )
+    log.warning("-n/--num-classes %d: the data has labels up to %d; classes %d..%d are absent",
+                wanted, meta.num_classes - 1, meta.num_classes, wanted - 1)  # fmt: skip
+    extra = range(meta.num_classes, wanted)
+    return list(meta.class_names) + [f"class_{index}" for index in extra]
 
 
 def split_samples(cfg: TrainConfig, splits: dict[str, list]) -> tuple[list, list]:
