@@ -4,6 +4,7 @@ early stopping and gradient accumulation."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -67,10 +68,13 @@ def assert_same_tensors(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), f"{key} differs"
 
 
+DEFAULT_WORKERS = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "workers")
+
+
 @pytest.fixture(scope="module")
 def full_run(shapes, tmp_path_factory) -> Path:
-    """An uninterrupted 3-epoch run (3 steps per epoch)."""
-    return train(tiny_config(shapes, tmp_path_factory.mktemp("full")))
+    """An uninterrupted 3-epoch run (3 steps per epoch) with the default loader workers."""
+    return train(tiny_config(shapes, tmp_path_factory.mktemp("full"), workers=DEFAULT_WORKERS))
 
 
 @pytest.mark.parametrize("stop_call", [4, 5], ids=["epoch-boundary", "mid-epoch"])
@@ -81,10 +85,11 @@ def test_resume_after_interrupt_is_bit_identical(
     with monkeypatch.context() as patch:
         interrupt_at(patch, stop_call)
         with pytest.raises(KeyboardInterrupt):
-            train(tiny_config(shapes, tmp_path / "cut"))
+            train(tiny_config(shapes, tmp_path / "cut", workers=DEFAULT_WORKERS))
     saved = load_checkpoint(tmp_path / "cut" / "interrupt.pt")
     assert saved["step"] == stop_call - 1  # the last finished step, 3 steps per epoch
-    resumed = train(tiny_config(shapes, tmp_path / "cut", resume=str(tmp_path / "cut")))
+    resume = str(tmp_path / "cut")
+    resumed = train(tiny_config(shapes, tmp_path / "cut", workers=DEFAULT_WORKERS, resume=resume))
 
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(resumed / "last.pt")
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 9)
@@ -94,6 +99,14 @@ def test_resume_after_interrupt_is_bit_identical(
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
     rows = read_rows(resumed)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+def test_loader_workers_do_not_change_the_augmentation(shapes, full_run, tmp_path):
+    """Every sample's transforms are seeded by its place in the epoch, not by its worker."""
+    assert DEFAULT_WORKERS >= 2
+    single = train(tiny_config(shapes, tmp_path / "w0", workers=0))
+    a, b = load_checkpoint(full_run / "last.pt"), load_checkpoint(single / "last.pt")
+    assert_same_tensors(a["model"], b["model"])
 
 
 def test_resume_without_rng_restore_would_differ(shapes, tmp_path, monkeypatch):

@@ -10,9 +10,9 @@ Run directory (`cfg.out`):
 
 Resuming (`cfg.resume` = run dir or checkpoint file) restores the model, optimizer, scheduler,
 AMP scaler, epoch, step, position inside the epoch, RNG states, best score and early-stopping
-counter. On the CPU with `workers=0` a resumed run is bit-identical to an uninterrupted one,
-wherever it was stopped; with loader workers it is bit-identical when stopped at an epoch end
-(each epoch's shuffling and worker seeds depend only on the seed, the rank and the epoch).
+counter. On the CPU a resumed run is bit-identical to an uninterrupted one, wherever it was
+stopped and with any number of loader workers: each epoch's shuffling depends only on the seed,
+the rank and the epoch, and each sample's augmentation on those and its position in the epoch.
 
 A NaN or infinite loss raises `TrainingDiverged` (the CLI exits with code 1) before the bad step
 is applied, so `last.pt` is still the last good checkpoint.
@@ -655,41 +655,62 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-class SkipSampler(Sampler[int]):
-    """The indices of `sampler` after the first `skip` (resuming in the middle of an epoch)."""
+class PositionedSampler(Sampler[tuple[int, int]]):
+    """(position in the epoch, dataset index) pairs of `sampler`, after the first `skip`
+    (resuming in the middle of an epoch)."""
 
-    def __init__(self, sampler: Sampler[int], skip: int):
+    def __init__(self, sampler: Sampler[int], skip: int = 0):
         self.sampler, self.skip = sampler, skip
 
     def __iter__(self):
-        return iter(list(self.sampler)[self.skip :])
+        return iter(list(enumerate(self.sampler))[self.skip :])
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)
 
 
+class SeededSamples(Dataset):
+    """Loads the sample of a (position, index) pair with torch's RNG seeded from (`seed`,
+    position): an epoch's augmentation is the same whatever the number of loader workers and
+    wherever a run was stopped and resumed. The caller's RNG state is left as it was."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        position, index = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + position) % 2**63)
+            return self.dataset[index]
+
+
 def train_loader(
     cfg: TrainConfig, dataset: Dataset, info: ddp.DistInfo, epoch: int, *, skip: int = 0
 ) -> DataLoader:
-    """This epoch's loader: shuffling and worker seeds depend only on (seed, rank, epoch).
+    """This epoch's loader: shuffling and every sample's random transforms depend only on
+    (seed, rank, epoch, position in the epoch), never on the worker that loads it.
 
     `skip` counts micro-batches already consumed in this epoch (resume); the loader's batches
-    then start where the interrupted run stopped.
+    then start where the interrupted run stopped, with the same augmentation.
     """
     sampler = DistributedSampler(
         dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed
     )
     sampler.set_epoch(epoch)
     drop_last = len(sampler) >= cfg.batch_size  # no tiny last batch (BatchNorm) unless needed
+    epoch_seed = (cfg.seed * 1_000_003 + epoch) * 1009 + info.rank
     return DataLoader(
-        dataset,
+        SeededSamples(dataset, epoch_seed),
         batch_size=cfg.batch_size,
-        sampler=SkipSampler(sampler, skip * cfg.batch_size) if skip else sampler,
+        sampler=PositionedSampler(sampler, skip * cfg.batch_size),
         num_workers=cfg.workers,
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available() and cfg.device != "cpu",
         worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * 1009 + info.rank),
+        generator=torch.Generator().manual_seed(epoch_seed),
     )
 
 
