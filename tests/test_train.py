@@ -159,6 +159,17 @@ def test_checkpoint_holds_everything_needed_to_predict(shapes, tmp_path):
     )
 
 
+def test_best_is_slim_and_last_keeps_what_resuming_needs(shapes, tmp_path):
+    run_dir = train(tiny_config(shapes, tmp_path / "run", epochs=1))
+    best, last = load_checkpoint(run_dir / "best.pt"), load_checkpoint(run_dir / "last.pt")
+    assert "optimizer" in last and "rng" in last and "scheduler" in last
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & set(best)
+    assert_same_tensors(best["model"], last["model"])
+    assert (run_dir / "best.pt").stat().st_size < 0.6 * (run_dir / "last.pt").stat().st_size
+    with pytest.raises(ValueError, match="not a resumable segworks checkpoint"):
+        train(tiny_config(shapes, tmp_path / "run", epochs=2, resume=str(run_dir / "best.pt")))
+
+
 def test_config_in_checkpoints_never_names_weight_files():
     cfg = TrainConfig(
         data="d", weights="/w/init.pt", backbone_weights="/w/r50.pth",

@@ -2,8 +2,9 @@
 
 Run directory (`cfg.out`):
     config.json      the resolved config
-    last.pt          resumable checkpoint, written after every epoch
-    best.pt          the epoch with the best validation mIoU (needs a validation split)
+    last.pt          resumable checkpoint (with optimizer state), written after every epoch
+    best.pt          the epoch with the best validation mIoU (needs a validation split): the
+                     weights, meta, config and metrics only, what prediction needs
     epoch_NNNN.pt    a snapshot every `snapshot_every` epochs
     interrupt.pt     written on Ctrl-C (KeyboardInterrupt): resumable from the last finished step
     metrics.csv      one row per epoch; tb/ holds TensorBoard event files when it is installed
@@ -64,6 +65,7 @@ CSV_FIELDS = (
     "epoch", "step", "lr", "train_loss", "val_miou", "val_pixel_accuracy",
     "val_mean_accuracy", "val_mean_dice", "val_fwiou", "seconds",
 )  # fmt: skip
+RESUME_ONLY_KEYS = ("optimizer", "scheduler", "scaler", "rng", "batches_done", "bad_epochs")
 VAL_SPLIT_SEED = 0  # carving a val split from train never depends on --seed
 
 
@@ -363,7 +365,7 @@ def end_of_epoch(run: Run, train_loss: float, metrics: dict[str, Any], seconds: 
         checkpoint = checkpoint_dict(run, rng)
         save_checkpoint(run.run_dir / "last.pt", checkpoint)
         if improved:
-            save_checkpoint(run.run_dir / "best.pt", checkpoint)
+            save_checkpoint(run.run_dir / "best.pt", slim_checkpoint(checkpoint))
         if cfg.snapshot_every and run.epoch % cfg.snapshot_every == 0:
             save_checkpoint(run.run_dir / f"epoch_{run.epoch:04d}.pt", checkpoint)
         best = "" if run.best_miou is None else f" (best {run.best_miou:.4f} @ {run.best_epoch})"
@@ -432,6 +434,12 @@ def checkpoint_dict(run: Run, rng: dict[str, Any]) -> dict[str, Any]:
         "world_size": run.info.world_size,
         "segworks_version": segworks.__version__,
     }
+
+
+def slim_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What prediction and evaluation need (weights, meta, config, metrics), without the
+    optimizer, scheduler and RNG state that only resuming needs (those stay in last.pt)."""
+    return {key: value for key, value in checkpoint.items() if key not in RESUME_ONLY_KEYS}
 
 
 def resume_path(path: str | Path) -> Path:
