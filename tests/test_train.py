@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,18 @@ def test_best_is_slim_and_last_keeps_what_resuming_needs(shapes, tmp_path):
     assert (run_dir / "best.pt").stat().st_size < 0.6 * (run_dir / "last.pt").stat().st_size
     with pytest.raises(ValueError, match="not a resumable segworks checkpoint"):
         train(tiny_config(shapes, tmp_path / "run", epochs=2, resume=str(run_dir / "best.pt")))
+
+
+def test_config_json_names_the_weights_the_run_started_from(shapes, full_run, tmp_path):
+    start = str(full_run / "last.pt")
+    run_dir = train(tiny_config(shapes, tmp_path / "run", epochs=1, weights=start))
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["weights"] == start and saved["epochs"] == 1
+    assert load_checkpoint(run_dir / "last.pt")["config"]["weights"] is None  # travels without
+    train(tiny_config(shapes, tmp_path / "run", epochs=2, resume=str(run_dir)))
+    assert json.loads((run_dir / "config.json").read_text())["weights"] == start
+    plain = json.loads((full_run / "config.json").read_text())  # control: no weights given
+    assert plain["weights"] is None
 
 
 def test_config_in_checkpoints_never_names_weight_files():

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import time
@@ -51,7 +52,7 @@ from tqdm import tqdm
 import segworks
 from segworks import IGNORE_INDEX, losses
 from segworks.checkpoint import load_checkpoint, save_checkpoint
-from segworks.config import TrainConfig, model_kwargs_for_checkpoint
+from segworks.config import WEIGHT_FILE_KEYS, TrainConfig, model_kwargs_for_checkpoint
 from segworks.data.meta import DatasetMeta
 from segworks.devices import resolve_device
 from segworks.engine import distributed as ddp
@@ -173,7 +174,7 @@ def setup(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device) -> Run:
         run.rng = rng_state(info)
     if info.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        save_json(cfg.to_dict(), run.run_dir / "config.json")
+        save_json(run_folder_config(cfg, run.run_dir / "config.json"), run.run_dir / "config.json")
         run.writer = tensorboard_writer(cfg, run.run_dir)
     run.buffers = buffer_snapshot(run.bare)
     set_rng_state(run.rng, info)  # last: nothing after this may draw random numbers
@@ -754,6 +755,28 @@ def tensorboard_writer(cfg: TrainConfig, run_dir: Path):
         log.debug("tensorboard is not installed: no event files")
         return None
     return SummaryWriter(log_dir=str(run_dir / "tb"))
+
+
+def run_folder_config(cfg: TrainConfig, path: Path) -> dict[str, Any]:
+    """config.json: the checkpoint's config plus the weight files the run started from (a
+    checkpoint drops them; a resumed run keeps those its first start named in `path`)."""
+    data = cfg.to_dict()
+    data["model_kwargs"] = {k: _plain_path(v) for k, v in cfg.model_kwargs.items()}
+    for key in WEIGHT_FILE_KEYS:
+        if getattr(cfg, key, None) is not None:
+            data[key] = _plain_path(getattr(cfg, key))
+    if cfg.resume and path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        for key in WEIGHT_FILE_KEYS:
+            if data.get(key) is None and before.get(key) is not None:
+                data[key] = before[key]
+            if key in before.get("model_kwargs", {}):
+                data["model_kwargs"].setdefault(key, before["model_kwargs"][key])
+    return data
+
+
+def _plain_path(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
 
 
 def log_main(run: Run, message: str, *args) -> None:
