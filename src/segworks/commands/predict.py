@@ -48,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-i", "--input", action="append", default=[], help="one more input (seed predict.py)"
     )
+    parser.add_argument(
+        "-w", "--weights", metavar="CHECKPOINT",
+        help="the checkpoint, as a flag (seed predict.py); then every path is an input",
+    )  # fmt: skip
+    parser.add_argument(
+        "-n", "--num-classes", type=int, help="class count, checked against the checkpoint (seed)"
+    )
     parser.add_argument("-o", "--out", default="predictions", help="output folder")
     parser.add_argument("-b", "--batch-size", type=int, default=4, help="images (or windows)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0..1")
@@ -176,13 +183,19 @@ def run(args: argparse.Namespace) -> int:
     from segworks.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
-    if checkpoint_task(checkpoint, args.checkpoint) == "instance":
+    task = checkpoint_task(checkpoint, args.checkpoint)
+    check_num_classes(args.num_classes, checkpoint, args.checkpoint)
+    if task == "instance":
         from segworks.engine.instance import run_predict
 
         return int(run_predict(args) or 0)
     if not 0 <= args.alpha <= 1:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     options = inference_options(args, checkpoint, tta=tta_requested(args))
+    if options.long_side and options.size is None:
+        print(f"inputs are resized to a longer side of {options.long_side} px (the checkpoint's "
+              "training scale) and the labels resized back; --long-side 0 keeps the original "
+              "size")  # fmt: skip
     predictor, meta = build_predictor(checkpoint, args.checkpoint, options, resolve_device(args))
     items = collect_inputs(args.inputs)
     writer = Writer(Path(args.out), meta, alpha=args.alpha, legend=not args.no_legend)
@@ -198,11 +211,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_num_classes(given: int | None, checkpoint: dict, path: str | Path) -> None:
+    """-n/--num-classes (the seed's predict.py flag) must be the checkpoint's class count."""
+    if given is None:
+        return
+    names = checkpoint["meta"]["class_names"]
+    binary = checkpoint["meta"].get("task") == "binary"
+    accepted = {len(names), 1} if binary else {len(names)}
+    if given not in accepted:
+        raise DataError(
+            path, f"-n/--num-classes {given}, but the checkpoint predicts {len(names)} classes "
+            f"({', '.join(names)})",
+        )  # fmt: skip
+
+
 def _split_paths(args: argparse.Namespace) -> None:
     """args.checkpoint and args.inputs from the positional paths (and -i)."""
     paths = list(args.paths)
     if args.onnx:
         args.checkpoint = None
+    elif args.weights:
+        args.checkpoint = args.weights
     else:
         if not paths:
             raise ValueError("expected a checkpoint and at least one input")
