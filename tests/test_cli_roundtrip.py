@@ -90,7 +90,7 @@ def test_predict_writes_outputs_at_original_size(run_dir, data, tmp_path):
     ("flags", "message"),
     [
         (["--data", "/nonexistent/dataset"], "/nonexistent/dataset"),
-        (["-n", "5"], "num-classes 5 does not match the data: it has 3 classes"),
+        (["-n", "2"], "num-classes 2 is below what the data holds: it has 3 classes"),
         (["--model", "no_such_net"], "unknown model 'no_such_net'"),
         (["--optimizer", "adam", "-b", "0"], "batch_size must be >= 1"),
     ],

@@ -318,6 +318,16 @@ def test_cli_eval_class_count_mismatch_exits_2(registered, tmp_path, capsys):
     assert "class count mismatch" in error and "3 classes" in error and "has 4" in error
 
 
+def test_cli_eval_scores_data_with_fewer_classes_than_the_checkpoint(registered, tmp_path):
+    """A model trained with `-n 4` on data that shows only 3 classes scores that data."""
+    data = write_dataset(tmp_path / "data", num_classes=3)
+    checkpoint = write_checkpoint(tmp_path / "model.pt", num_classes=4)
+    out = tmp_path / "m.json"
+    argv = ["eval", str(checkpoint), "--data", str(data), "--no-progress", "--json", str(out)]
+    assert main(argv) == 0
+    assert len(json.loads(out.read_text())["variants"]["plain"]["iou"]) == 4
+
+
 def test_cli_eval_unknown_split_exits_2(registered, tmp_path, capsys):
     data = write_dataset(tmp_path / "data", num_classes=3)
     checkpoint = write_checkpoint(tmp_path / "model.pt", num_classes=3)

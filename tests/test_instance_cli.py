@@ -4,6 +4,7 @@ The data is written by the test: squares and triangles as COCO polygons (categor
 so a label -> category id mix-up shows), one RLE annotation and one empty image.
 """
 
+import csv
 import json
 
 import numpy as np
@@ -98,6 +99,16 @@ def test_train_writes_checkpoints_with_category_ids(run):
     assert best["model_kwargs"]["min_size"] == SIZE and best["model_kwargs"]["width"] == 8
     assert (run["root"] / "run" / "last.pt").is_file()
     assert not (run["root"] / "run" / "tensorboard").exists()  # --no-tensorboard
+
+
+def test_instance_run_folder_has_config_json_and_metrics_csv(run):
+    folder = run["root"] / "run"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["task"] == "instance" and config["epochs"] == 1 and config["data"]
+    with open(folder / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1"]
+    assert float(rows[0]["train_loss"]) > 0 and rows[0]["segm_AP"] != ""
 
 
 def test_eval_prints_and_writes_box_and_mask_ap(run, capsys, tmp_path):

@@ -4,6 +4,8 @@ early stopping and gradient accumulation."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -67,10 +69,13 @@ def assert_same_tensors(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), f"{key} differs"
 
 
+DEFAULT_WORKERS = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "workers")
+
+
 @pytest.fixture(scope="module")
 def full_run(shapes, tmp_path_factory) -> Path:
-    """An uninterrupted 3-epoch run (3 steps per epoch)."""
-    return train(tiny_config(shapes, tmp_path_factory.mktemp("full")))
+    """An uninterrupted 3-epoch run (3 steps per epoch) with the default loader workers."""
+    return train(tiny_config(shapes, tmp_path_factory.mktemp("full"), workers=DEFAULT_WORKERS))
 
 
 @pytest.mark.parametrize("stop_call", [4, 5], ids=["epoch-boundary", "mid-epoch"])
@@ -81,10 +86,11 @@ def test_resume_after_interrupt_is_bit_identical(
     with monkeypatch.context() as patch:
         interrupt_at(patch, stop_call)
         with pytest.raises(KeyboardInterrupt):
-            train(tiny_config(shapes, tmp_path / "cut"))
+            train(tiny_config(shapes, tmp_path / "cut", workers=DEFAULT_WORKERS))
     saved = load_checkpoint(tmp_path / "cut" / "interrupt.pt")
     assert saved["step"] == stop_call - 1  # the last finished step, 3 steps per epoch
-    resumed = train(tiny_config(shapes, tmp_path / "cut", resume=str(tmp_path / "cut")))
+    resume = str(tmp_path / "cut")
+    resumed = train(tiny_config(shapes, tmp_path / "cut", workers=DEFAULT_WORKERS, resume=resume))
 
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(resumed / "last.pt")
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 9)
@@ -94,6 +100,14 @@ def test_resume_after_interrupt_is_bit_identical(
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
     rows = read_rows(resumed)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+def test_loader_workers_do_not_change_the_augmentation(shapes, full_run, tmp_path):
+    """Every sample's transforms are seeded by its place in the epoch, not by its worker."""
+    assert DEFAULT_WORKERS >= 2
+    single = train(tiny_config(shapes, tmp_path / "w0", workers=0))
+    a, b = load_checkpoint(full_run / "last.pt"), load_checkpoint(single / "last.pt")
+    assert_same_tensors(a["model"], b["model"])
 
 
 def test_resume_without_rng_restore_would_differ(shapes, tmp_path, monkeypatch):
@@ -144,6 +158,29 @@ def test_checkpoint_holds_everything_needed_to_predict(shapes, tmp_path):
     assert len(rows) == 2 and float(rows[-1]["val_miou"]) == pytest.approx(
         load_checkpoint(run_dir / "last.pt")["metrics"]["miou"]
     )
+
+
+def test_best_is_slim_and_last_keeps_what_resuming_needs(shapes, tmp_path):
+    run_dir = train(tiny_config(shapes, tmp_path / "run", epochs=1))
+    best, last = load_checkpoint(run_dir / "best.pt"), load_checkpoint(run_dir / "last.pt")
+    assert "optimizer" in last and "rng" in last and "scheduler" in last
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & set(best)
+    assert_same_tensors(best["model"], last["model"])
+    assert (run_dir / "best.pt").stat().st_size < 0.6 * (run_dir / "last.pt").stat().st_size
+    with pytest.raises(ValueError, match="not a resumable segworks checkpoint"):
+        train(tiny_config(shapes, tmp_path / "run", epochs=2, resume=str(run_dir / "best.pt")))
+
+
+def test_config_json_names_the_weights_the_run_started_from(shapes, full_run, tmp_path):
+    start = str(full_run / "last.pt")
+    run_dir = train(tiny_config(shapes, tmp_path / "run", epochs=1, weights=start))
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["weights"] == start and saved["epochs"] == 1
+    assert load_checkpoint(run_dir / "last.pt")["config"]["weights"] is None  # travels without
+    train(tiny_config(shapes, tmp_path / "run", epochs=2, resume=str(run_dir)))
+    assert json.loads((run_dir / "config.json").read_text())["weights"] == start
+    plain = json.loads((full_run / "config.json").read_text())  # control: no weights given
+    assert plain["weights"] is None
 
 
 def test_config_in_checkpoints_never_names_weight_files():
@@ -204,6 +241,18 @@ def test_val_split_is_carved_with_a_fixed_seed(tmp_path):
         split_samples(cfg, {"test": samples})
 
 
-def test_num_classes_mismatch_is_a_clear_error(shapes, tmp_path):
-    with pytest.raises(ValueError, match="num-classes 5 does not match the data: it has 3"):
-        train(tiny_config(shapes, tmp_path / "run", num_classes=5))
+def test_num_classes_below_the_data_is_a_clear_error(shapes, tmp_path):
+    with pytest.raises(ValueError, match="num-classes 2 is below what the data holds: it has 3"):
+        train(tiny_config(shapes, tmp_path / "run", num_classes=2))
+
+
+def test_num_classes_above_the_data_trains_the_declared_count(shapes, tmp_path, caplog):
+    """The RefineNet seed's `-n 21` on a VOC subset that lacks some classes."""
+    run_dir = train(tiny_config(shapes, tmp_path / "run", epochs=1, num_classes=5))
+    saved = load_checkpoint(run_dir / "last.pt")
+    assert saved["model_kwargs"]["num_classes"] == 5
+    assert saved["meta"]["class_names"] == [*SHAPE_CLASSES, "class_3", "class_4"]
+    assert len(saved["meta"]["palette"]) == 5
+    assert "classes 3..4 are absent" in caplog.text
+    plain = train(tiny_config(shapes, tmp_path / "plain", epochs=1))  # control: the data's 3
+    assert load_checkpoint(plain / "last.pt")["model_kwargs"]["num_classes"] == 3

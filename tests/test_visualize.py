@@ -59,14 +59,35 @@ def test_index_image_round_trips_through_png(tmp_path):
         index_image(np.full((2, 2), 300), PALETTE)
 
 
-def test_overlay_blends_labelled_pixels_and_keeps_ignored_ones():
+def test_overlay_blends_over_a_grey_photo_and_keeps_ignored_pixels():
     label, photo = scene()
     out = np.asarray(overlay(photo, label, PALETTE, alpha=0.25, legend=False)).astype(int)
     assert out.shape == (40, 60, 3)
-    # (1 - 0.25) * photo + 0.25 * colour
-    assert tuple(out[10, 10]) == (round(0.75 * 100 + 0.25 * 200), 75, 45)
-    assert tuple(out[30, 40]) == (75, round(0.75 * 100 + 0.25 * 200), 45)
+    grey = 0.299 * 100 + 0.587 * 100 + 0.114 * 60
+    expected = [0.75 * grey + 0.25 * c for c in PALETTE[1]]
+    assert np.abs(out[10, 10] - expected).max() <= 1  # inside the class-1 block
     assert tuple(out[0, 59]) == (100, 100, 60)  # ignored: the photo itself
+    assert np.array_equal(np.asarray(overlay(photo, label, PALETTE, alpha=0.0, legend=False)),
+                          np.asarray(photo))  # fmt: skip
+
+
+def test_overlay_draws_class_boundaries_in_the_legend_colour():
+    label, photo = scene()
+    out = np.asarray(overlay(photo, label, PALETTE, alpha=0.5, legend=False))
+    assert tuple(out[5, 10]) == PALETTE[1] and tuple(out[19, 24]) == PALETTE[1]  # block edges
+    assert tuple(out[22, 40]) == PALETTE[2]
+    assert tuple(out[10, 10]) != PALETTE[1]  # the inside is blended
+
+
+def test_overlay_keeps_the_hue_of_the_legend_colour():
+    """Red over cyan: a plain alpha blend gives grey (127, 127, 127); the overlay stays red."""
+    label = np.ones((12, 12), dtype=np.int64)
+    cyan = Image.fromarray(np.full((12, 12, 3), (0, 255, 255), dtype=np.uint8))
+    red = [(0, 0, 0), (255, 0, 0)]
+    r, g, b = np.asarray(overlay(cyan, label, red, alpha=0.5, legend=False))[6, 6].astype(int)
+    plain = 0.5 * np.array([0, 255, 255]) + 0.5 * np.array([255, 0, 0])
+    assert np.ptp(plain) < 1  # control: the old blend is grey
+    assert r - max(g, b) > 100
 
 
 def test_overlay_legend_lists_exactly_the_present_classes():

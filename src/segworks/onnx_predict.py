@@ -57,7 +57,8 @@ def predict_onnx(args: argparse.Namespace) -> int:
     if not 0 <= alpha <= 1:
         raise ValueError(f"--alpha must be in [0, 1], got {alpha}")
     writer = Writer(Path(args.out), meta, alpha=alpha, legend=not getattr(args, "no_legend", False))
-    threshold = float(getattr(args, "threshold", 0.5))
+    threshold = getattr(args, "threshold", None)
+    threshold = 0.5 if threshold is None else float(threshold)
     done = 0
     for item in tqdm(items, desc="predict", unit="img"):
         image = _read_image(item.path, getattr(args, "skip_bad", False))

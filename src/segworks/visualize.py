@@ -125,7 +125,10 @@ def overlay(
     legend: bool = True,
     ignore_index: int = IGNORE_INDEX,
 ) -> Image.Image:
-    """Class colours alpha-blended over the photo; ignored pixels show the photo unchanged.
+    """Class colours (opacity `alpha`) blended over a grey version of the photo, so a class keeps
+    the hue of its legend swatch (red over a cyan sky would blend to grey), and every class
+    boundary drawn in the legend colour itself. Ignored pixels show the photo unchanged;
+    `alpha` 0 turns the overlay off (the photo itself).
 
     With ``legend=True`` a white panel is added to the right of the blended photo listing the
     classes present in `label` (colour swatch + name), so the photo area itself is untouched
@@ -141,14 +144,31 @@ def overlay(
             f"{photo.shape[1]}x{photo.shape[0]} (W x H)"
         )
     colours = np.asarray(colorize(array, palette, ignore_index=ignore_index), dtype=np.float32)
-    labelled = (array != ignore_index)[..., None]
-    blended = np.where(labelled, (1 - alpha) * photo + alpha * colours, photo)
+    labelled = array != ignore_index
+    grey = (photo @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    blended = np.where(labelled[..., None], (1 - alpha) * grey + alpha * colours, photo)
+    edges = class_boundaries(array) & labelled
+    blended[edges] = colours[edges]
+    if alpha == 0:
+        blended = photo  # no overlay
     result = Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
     present = [int(c) for c in np.unique(array) if c != ignore_index]
     if not legend or not present:
         return result
     names = [class_names[c] if class_names else str(c) for c in present]
     return _with_legend(result, [(names[i], tuple(palette[c])) for i, c in enumerate(present)])
+
+
+def class_boundaries(label: np.ndarray) -> np.ndarray:
+    """Bool (H, W): pixels with a 4-neighbour of another class (both sides of each boundary)."""
+    edges = np.zeros(label.shape, dtype=bool)
+    across = label[:, 1:] != label[:, :-1]
+    down = label[1:, :] != label[:-1, :]
+    edges[:, 1:] |= across
+    edges[:, :-1] |= across
+    edges[1:, :] |= down
+    edges[:-1, :] |= down
+    return edges
 
 
 def _with_legend(image: Image.Image, entries: list[tuple[str, Colour]]) -> Image.Image:

@@ -137,7 +137,12 @@ def _pick_split(args: argparse.Namespace, splits: dict) -> str:
 
 
 def check_classes(trained, data, checkpoint_path, source) -> None:
-    """The data must have as many classes as the checkpoint was trained for."""
+    """The data's labels must be classes of the checkpoint; a model trained for more classes
+    than the data shows (`-n 21` on a VOC subset) scores it by index."""
+    if data.num_classes < trained.num_classes:
+        log.warning("%s shows %d classes, the checkpoint predicts %d; scoring by index",
+                    source, data.num_classes, trained.num_classes)  # fmt: skip
+        return
     if trained.num_classes != data.num_classes:
         raise ValueError(
             f"class count mismatch: checkpoint {checkpoint_path} predicts "

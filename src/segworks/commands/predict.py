@@ -48,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-i", "--input", action="append", default=[], help="one more input (seed predict.py)"
     )
+    parser.add_argument(
+        "-w", "--weights", metavar="CHECKPOINT",
+        help="the checkpoint, as a flag (seed predict.py); then every path is an input",
+    )  # fmt: skip
+    parser.add_argument(
+        "-n", "--num-classes", type=int, help="class count, checked against the checkpoint (seed)"
+    )
     parser.add_argument("-o", "--out", default="predictions", help="output folder")
     parser.add_argument("-b", "--batch-size", type=int, default=4, help="images (or windows)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0..1")
@@ -103,7 +110,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--no-tta-flip", action="store_true", help="TTA without the flip")
     group.add_argument(
-        "--threshold", type=float, default=0.5, help="binary: foreground probability cut"
+        "--threshold", type=float, help="binary: foreground probability cut (default 0.5)"
     )
 
 
@@ -113,19 +120,17 @@ def tta_requested(args: argparse.Namespace) -> bool:
 
 
 def inference_options(args: argparse.Namespace, checkpoint: dict, *, tta: bool):
-    """InferenceOptions from the flags; `tta` picks the augmented or the plain variant."""
-    from segworks.inference import InferenceOptions
+    """InferenceOptions from the flags and the checkpoint (`options_from_checkpoint`, which
+    `Predictor.from_checkpoint` uses too); `tta` picks the augmented or the plain variant."""
+    from segworks.inference.predictor import options_from_checkpoint
 
-    tile = _pair_flag(args.tile, "--tile")
-    mode = args.mode or ("slide" if tile else "whole")
-    if mode == "slide" and tile is None:
-        tile = _pair_flag(_training_crop(checkpoint), "crop_size of the checkpoint")
-        if tile is None:
-            raise ValueError("--mode slide needs --tile H W (the checkpoint names no crop size)")
     scales = tuple(args.tta_scales or (0.75, 1.0, 1.25)) if tta else (1.0,)
-    return InferenceOptions(
-        mode=mode,
-        tile=tile,
+    return options_from_checkpoint(
+        checkpoint,
+        mode=args.mode,
+        tile=_pair_flag(args.tile, "--tile"),
+        long_side=getattr(args, "long_side", None),
+        threshold=args.threshold,
         overlap=args.overlap,
         margin=args.margin,
         tile_batch=args.batch_size,
@@ -133,8 +138,6 @@ def inference_options(args: argparse.Namespace, checkpoint: dict, *, tta: bool):
         tta_flip=tta and not args.no_tta_flip,
         tta_scales=scales,
         size=_pair_flag(args.size, "--size"),
-        long_side=_long_side(args, checkpoint),
-        threshold=args.threshold,
     )
 
 
@@ -155,22 +158,10 @@ def checkpoint_task(checkpoint: dict, path: str | Path) -> str:
 
 def build_predictor(checkpoint: dict, path: str | Path, options, device):
     """(Predictor, DatasetMeta) of a semantic or binary checkpoint."""
-    from segworks.checkpoint import model_from_checkpoint
-    from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD, DatasetMeta
     from segworks.inference import Predictor
 
-    meta = DatasetMeta.from_dict(checkpoint["meta"])
-    model = model_from_checkpoint(checkpoint, path)
-    predictor = Predictor(
-        model,
-        task=meta.task,
-        mean=checkpoint["meta"].get("mean", IMAGENET_MEAN),
-        std=checkpoint["meta"].get("std", IMAGENET_STD),
-        device=device,
-        options=options,
-        channel_order=checkpoint["meta"].get("channel_order", "rgb"),
-    )
-    return predictor, meta
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, options=options)
+    return predictor, predictor.meta
 
 
 def _pair_flag(values, name: str) -> tuple[int, int] | None:
@@ -180,19 +171,6 @@ def _pair_flag(values, name: str) -> tuple[int, int] | None:
     if len(values) not in (1, 2) or min(values) < 1:
         raise ValueError(f"{name}: expected N or H W (positive), got {values}")
     return (values[0], values[-1])
-
-
-def _long_side(args: argparse.Namespace, checkpoint: dict) -> int | None:
-    """--long-side, else the training run's (0 or a --size means: none)."""
-    given = getattr(args, "long_side", None)
-    if given is None:
-        given = (checkpoint.get("config") or {}).get("long_side")
-    return given or None
-
-
-def _training_crop(checkpoint: dict):
-    config = checkpoint.get("config") or {}
-    return config.get("crop_size")
 
 
 # --------------------------------------------------------------------------- run
@@ -205,13 +183,19 @@ def run(args: argparse.Namespace) -> int:
     from segworks.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
-    if checkpoint_task(checkpoint, args.checkpoint) == "instance":
+    task = checkpoint_task(checkpoint, args.checkpoint)
+    check_num_classes(args.num_classes, checkpoint, args.checkpoint)
+    if task == "instance":
         from segworks.engine.instance import run_predict
 
         return int(run_predict(args) or 0)
     if not 0 <= args.alpha <= 1:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     options = inference_options(args, checkpoint, tta=tta_requested(args))
+    if options.long_side and options.size is None:
+        print(f"inputs are resized to a longer side of {options.long_side} px (the checkpoint's "
+              "training scale) and the labels resized back; --long-side 0 keeps the original "
+              "size")  # fmt: skip
     predictor, meta = build_predictor(checkpoint, args.checkpoint, options, resolve_device(args))
     items = collect_inputs(args.inputs)
     writer = Writer(Path(args.out), meta, alpha=args.alpha, legend=not args.no_legend)
@@ -227,11 +211,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_num_classes(given: int | None, checkpoint: dict, path: str | Path) -> None:
+    """-n/--num-classes (the seed's predict.py flag) must be the checkpoint's class count."""
+    if given is None:
+        return
+    names = checkpoint["meta"]["class_names"]
+    binary = checkpoint["meta"].get("task") == "binary"
+    accepted = {len(names), 1} if binary else {len(names)}
+    if given not in accepted:
+        raise DataError(
+            path, f"-n/--num-classes {given}, but the checkpoint predicts {len(names)} classes "
+            f"({', '.join(names)})",
+        )  # fmt: skip
+
+
 def _split_paths(args: argparse.Namespace) -> None:
     """args.checkpoint and args.inputs from the positional paths (and -i)."""
     paths = list(args.paths)
     if args.onnx:
         args.checkpoint = None
+    elif args.weights:
+        args.checkpoint = args.weights
     else:
         if not paths:
             raise ValueError("expected a checkpoint and at least one input")

@@ -1,7 +1,8 @@
 """`segworks train`: flags -> TrainConfig -> segworks.engine.train.train.
 
 The RefineNet seed's flags work as they did (`-g 0 -tt train.txt -tr images/ -ta annotations/
--e 500 -b 16 -n 21 -l 0.0001`); `--data DIR|SPEC` is the short way for any layout segworks
+-e 500 -b 16 -n 21 -l 0.0001`), with the seed's schedule (x0.1 at epochs 10, 50, then every
+100) and weights every 10 epochs unless --schedule / --snapshot-every say otherwise; `--data DIR|SPEC` is the short way for any layout segworks
 reads. Every other flag maps to the TrainConfig field of the same name.
 
 Exit codes: 0 done; 1 training diverged (NaN/inf loss; the last good checkpoint is kept);
@@ -27,6 +28,9 @@ from segworks.recipes import RECIPES, recipe_settings
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = {"semantic": "unet", "binary": "unet"}
+# A run given the RefineNet seed's data flags (-tt/-tr/-ta) without --schedule trains as the
+# seed did: Adam's alpha x0.1 at epochs 10 and 50, then every 100; weights every 10 epochs.
+SEED_DEFAULTS = {"schedule": "step", "snapshot_every": 10}
 # Flags that may change when resuming; everything else comes from the checkpoint's config.
 RESUME_OVERRIDES = (
     "epochs", "device", "workers", "progress", "tensorboard", "patience", "max_minutes",
@@ -86,7 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--optimizer", choices=OPTIMIZERS)
     optim.add_argument("--momentum", type=float)
     optim.add_argument("--weight-decay", type=float)
-    optim.add_argument("--schedule", choices=SCHEDULES, help="step = the RefineNet seed's")
+    optim.add_argument("--schedule", choices=SCHEDULES,
+                       help="default poly; with the seed's -tt/-tr/-ta flags the seed's step "
+                       "schedule (x0.1 at epochs 10, 50, then every 100; epoch_N.pt every 10)")  # fmt: skip
     optim.add_argument("--warmup", type=int, metavar="ITERS", help="linear warm-up iterations")
     optim.add_argument("--accum-steps", type=int, help="micro-batches per optimizer step")
     optim.add_argument("--clip-grad", type=float, metavar="NORM")
@@ -162,6 +168,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         return _resume_config(args.resume, given)
     if getattr(args, "recipe", None):
         given = recipe_settings(args.recipe, given)
+    if given.get("train_list") or given.get("train_images"):
+        for key, value in SEED_DEFAULTS.items():
+            given.setdefault(key, value)
     given.setdefault("model", DEFAULT_MODEL.get(given.get("task") or "semantic", "unet"))
     given.setdefault("out", f"runs/{given['model']}-{time.strftime('%Y%m%d-%H%M%S')}")
     return TrainConfig(**given)

@@ -24,9 +24,12 @@ layer) are left freshly initialised, so the checkpoint may have another class co
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +51,7 @@ from segworks.data.instances import (
 from segworks.data.meta import voc_palette
 from segworks.devices import gpu_device_name, resolve_device
 from segworks.errors import DataError
-from segworks.fileio import save_image, save_json
+from segworks.fileio import save_image, save_json, save_text
 from segworks.models import build_model
 from segworks.models.mask_rcnn import CLASSIFIER_PREFIXES, load_weights
 
@@ -288,6 +291,11 @@ class _Trainer:
         self.best = checkpoint.get("best", -math.inf)
         log.info("resumed from %s at epoch %d", path, self.epoch)
 
+    def config(self) -> dict:
+        """The run's settings as given, weight files included (config.json)."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()
+                if _plain(v) or isinstance(v, Path)}  # fmt: skip
+
     def checkpoint(self, metrics: dict, *, with_state: bool) -> dict:
         checkpoint = {
             "model": self.model.state_dict(),
@@ -341,7 +349,10 @@ class _Trainer:
     def fit(self) -> dict:
         metrics = {}
         writer = _tensorboard(self.out) if _arg(self.args, "tensorboard", True) else None
+        save_json(self.config(), self.out / "config.json")
+        rows = _read_rows(self.out / "metrics.csv", upto_epoch=self.epoch)
         while self.epoch < self.epochs:
+            started = time.monotonic()
             train_loss = self.train_epoch(writer)
             metrics = {"train_loss": train_loss}
             if len(self.val_set):
@@ -350,6 +361,8 @@ class _Trainer:
             score = metrics["segm"]["AP"] if "segm" in metrics else -train_loss
             score = -math.inf if math.isnan(score) else score
             log.info("epoch %d: %s", self.epoch, _summary(metrics))
+            rows.append(_csv_row(self.epoch, self.step, metrics, time.monotonic() - started))
+            save_text(_csv_text(rows), self.out / "metrics.csv")
             if writer is not None:
                 _log_metrics(writer, metrics, self.epoch)
             if score > self.best or not (self.out / "best.pt").exists():
@@ -365,6 +378,39 @@ def _plain(value) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_plain(v) for v in value)
     return value is None or isinstance(value, (str, int, float, bool))
+
+
+CSV_FIELDS = (
+    "epoch", "step", "train_loss", "val_loss", "bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50",
+    "segm_AP75", "seconds",
+)  # fmt: skip
+
+
+def _csv_row(epoch: int, step: int, metrics: dict, seconds: float) -> dict:
+    row = {"epoch": epoch, "step": step, "train_loss": metrics["train_loss"]}
+    row["seconds"] = round(seconds, 3)
+    if "loss" in metrics:
+        row["val_loss"] = metrics["loss"]
+    for iou_type, name in (("bbox", "AP"), ("bbox", "AP50"), ("segm", "AP"), ("segm", "AP50"),
+                           ("segm", "AP75")):  # fmt: skip
+        if iou_type in metrics:
+            row[f"{iou_type}_{name}"] = metrics[iou_type][name]
+    return row
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    table = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    table.writeheader()
+    table.writerows(rows)
+    return buffer.getvalue()
+
+
+def _read_rows(path: Path, *, upto_epoch: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [row for row in csv.DictReader(handle) if int(row["epoch"]) <= upto_epoch]
 
 
 def _summary(metrics: dict) -> str:

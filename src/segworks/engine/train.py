@@ -2,17 +2,18 @@
 
 Run directory (`cfg.out`):
     config.json      the resolved config
-    last.pt          resumable checkpoint, written after every epoch
-    best.pt          the epoch with the best validation mIoU (needs a validation split)
+    last.pt          resumable checkpoint (with optimizer state), written after every epoch
+    best.pt          the epoch with the best validation mIoU (needs a validation split): the
+                     weights, meta, config and metrics only, what prediction needs
     epoch_NNNN.pt    a snapshot every `snapshot_every` epochs
     interrupt.pt     written on Ctrl-C (KeyboardInterrupt): resumable from the last finished step
     metrics.csv      one row per epoch; tb/ holds TensorBoard event files when it is installed
 
 Resuming (`cfg.resume` = run dir or checkpoint file) restores the model, optimizer, scheduler,
 AMP scaler, epoch, step, position inside the epoch, RNG states, best score and early-stopping
-counter. On the CPU with `workers=0` a resumed run is bit-identical to an uninterrupted one,
-wherever it was stopped; with loader workers it is bit-identical when stopped at an epoch end
-(each epoch's shuffling and worker seeds depend only on the seed, the rank and the epoch).
+counter. On the CPU a resumed run is bit-identical to an uninterrupted one, wherever it was
+stopped and with any number of loader workers: each epoch's shuffling depends only on the seed,
+the rank and the epoch, and each sample's augmentation on those and its position in the epoch.
 
 A NaN or infinite loss raises `TrainingDiverged` (the CLI exits with code 1) before the bad step
 is applied, so `last.pt` is still the last good checkpoint.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import time
@@ -50,7 +52,7 @@ from tqdm import tqdm
 import segworks
 from segworks import IGNORE_INDEX, losses
 from segworks.checkpoint import load_checkpoint, save_checkpoint
-from segworks.config import TrainConfig, model_kwargs_for_checkpoint
+from segworks.config import WEIGHT_FILE_KEYS, TrainConfig, model_kwargs_for_checkpoint
 from segworks.data.meta import DatasetMeta
 from segworks.devices import resolve_device
 from segworks.engine import distributed as ddp
@@ -64,6 +66,7 @@ CSV_FIELDS = (
     "epoch", "step", "lr", "train_loss", "val_miou", "val_pixel_accuracy",
     "val_mean_accuracy", "val_mean_dice", "val_fwiou", "seconds",
 )  # fmt: skip
+RESUME_ONLY_KEYS = ("optimizer", "scheduler", "scaler", "rng", "batches_done", "bad_epochs")
 VAL_SPLIT_SEED = 0  # carving a val split from train never depends on --seed
 
 
@@ -173,7 +176,7 @@ def setup(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device) -> Run:
         run.rng = rng_state(info)
     if info.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        save_json(cfg.to_dict(), run.run_dir / "config.json")
+        save_json(run_folder_config(cfg, run.run_dir / "config.json"), run.run_dir / "config.json")
         run.writer = tensorboard_writer(cfg, run.run_dir)
     run.buffers = buffer_snapshot(run.bare)
     set_rng_state(run.rng, info)  # last: nothing after this may draw random numbers
@@ -366,7 +369,7 @@ def end_of_epoch(run: Run, train_loss: float, metrics: dict[str, Any], seconds: 
         checkpoint = checkpoint_dict(run, rng)
         save_checkpoint(run.run_dir / "last.pt", checkpoint)
         if improved:
-            save_checkpoint(run.run_dir / "best.pt", checkpoint)
+            save_checkpoint(run.run_dir / "best.pt", slim_checkpoint(checkpoint))
         if cfg.snapshot_every and run.epoch % cfg.snapshot_every == 0:
             save_checkpoint(run.run_dir / f"epoch_{run.epoch:04d}.pt", checkpoint)
         best = "" if run.best_miou is None else f" (best {run.best_miou:.4f} @ {run.best_epoch})"
@@ -435,6 +438,12 @@ def checkpoint_dict(run: Run, rng: dict[str, Any]) -> dict[str, Any]:
         "world_size": run.info.world_size,
         "segworks_version": segworks.__version__,
     }
+
+
+def slim_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What prediction and evaluation need (weights, meta, config, metrics), without the
+    optimizer, scheduler and RNG state that only resuming needs (those stay in last.pt)."""
+    return {key: value for key, value in checkpoint.items() if key not in RESUME_ONLY_KEYS}
 
 
 def resume_path(path: str | Path) -> Path:
@@ -536,19 +545,24 @@ def build_data(cfg: TrainConfig) -> Data:
     from segworks.data import open_source
     from segworks.data.transforms import eval_transforms, train_transforms
 
-    source = open_source(
-        cfg.data if cfg.data is not None else cfg.train_images,
-        list_file=cfg.train_list,
-        image_dir=cfg.train_images,
-        label_dir=cfg.train_annotations,
-        mask_format=cfg.mask_format or "auto",
-        ignore_index=cfg.ignore_index,
-        class_names=cfg.class_names,
-        task=cfg.task if cfg.task != "instance" else None,
-        reduce_zero_label=cfg.reduce_zero_label,
-    )
+    def opened(class_names):
+        return open_source(
+            cfg.data if cfg.data is not None else cfg.train_images,
+            list_file=cfg.train_list,
+            image_dir=cfg.train_images,
+            label_dir=cfg.train_annotations,
+            mask_format=cfg.mask_format or "auto",
+            ignore_index=cfg.ignore_index,
+            class_names=class_names,
+            task=cfg.task if cfg.task != "instance" else None,
+            reduce_zero_label=cfg.reduce_zero_label,
+        )
+
+    source = opened(cfg.class_names)
+    names = declared_class_names(cfg, source.meta)
+    if names != source.meta.class_names:
+        source = opened(names)
     meta = source.meta
-    check_num_classes(cfg, meta)
     train_samples, val_samples = split_samples(cfg, source.splits)
     train_set = source.dataset(
         train_samples,
@@ -576,15 +590,22 @@ def build_data(cfg: TrainConfig) -> Data:
     return Data(meta=meta, train_set=train_set, val_set=val_set, class_weights=weights)
 
 
-def check_num_classes(cfg: TrainConfig, meta: DatasetMeta) -> None:
-    if cfg.num_classes is None:
-        return
-    accepted = {meta.num_classes, meta.model_channels}
-    if cfg.num_classes not in accepted:
+def declared_class_names(cfg: TrainConfig, meta: DatasetMeta) -> list[str]:
+    """The class names to train with: the data's, extended to -n/--num-classes when that is
+    more (a subset of VOC lacks some of its 21 classes). Fewer than the data has is an error."""
+    wanted = cfg.num_classes
+    if wanted is None or wanted in (meta.num_classes, meta.model_channels):
+        return list(meta.class_names)
+    if meta.task == "binary" or wanted < meta.num_classes:
         raise ValueError(
-            f"-n/--num-classes {cfg.num_classes} does not match the data: it has "
-            f"{meta.num_classes} classes ({', '.join(meta.class_names)})"
+            f"-n/--num-classes {wanted} is below what the data holds: it has "
+            f"{meta.num_classes} classes ({', '.join(meta.class_names)}); give at least "
+            f"{meta.num_classes}"
         )
+    log.warning("-n/--num-classes %d: the data has labels up to %d; classes %d..%d are absent",
+                wanted, meta.num_classes - 1, meta.num_classes, wanted - 1)  # fmt: skip
+    extra = range(meta.num_classes, wanted)
+    return list(meta.class_names) + [f"class_{index}" for index in extra]
 
 
 def split_samples(cfg: TrainConfig, splits: dict[str, list]) -> tuple[list, list]:
@@ -693,41 +714,62 @@ def set_backbone_mode(run: Run) -> None:
                 module.eval()
 
 
-class SkipSampler(Sampler[int]):
-    """The indices of `sampler` after the first `skip` (resuming in the middle of an epoch)."""
+class PositionedSampler(Sampler[tuple[int, int]]):
+    """(position in the epoch, dataset index) pairs of `sampler`, after the first `skip`
+    (resuming in the middle of an epoch)."""
 
-    def __init__(self, sampler: Sampler[int], skip: int):
+    def __init__(self, sampler: Sampler[int], skip: int = 0):
         self.sampler, self.skip = sampler, skip
 
     def __iter__(self):
-        return iter(list(self.sampler)[self.skip :])
+        return iter(list(enumerate(self.sampler))[self.skip :])
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)
 
 
+class SeededSamples(Dataset):
+    """Loads the sample of a (position, index) pair with torch's RNG seeded from (`seed`,
+    position): an epoch's augmentation is the same whatever the number of loader workers and
+    wherever a run was stopped and resumed. The caller's RNG state is left as it was."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        position, index = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + position) % 2**63)
+            return self.dataset[index]
+
+
 def train_loader(
     cfg: TrainConfig, dataset: Dataset, info: ddp.DistInfo, epoch: int, *, skip: int = 0
 ) -> DataLoader:
-    """This epoch's loader: shuffling and worker seeds depend only on (seed, rank, epoch).
+    """This epoch's loader: shuffling and every sample's random transforms depend only on
+    (seed, rank, epoch, position in the epoch), never on the worker that loads it.
 
     `skip` counts micro-batches already consumed in this epoch (resume); the loader's batches
-    then start where the interrupted run stopped.
+    then start where the interrupted run stopped, with the same augmentation.
     """
     sampler = DistributedSampler(
         dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed
     )
     sampler.set_epoch(epoch)
     drop_last = len(sampler) >= cfg.batch_size  # no tiny last batch (BatchNorm) unless needed
+    epoch_seed = (cfg.seed * 1_000_003 + epoch) * 1009 + info.rank
     return DataLoader(
-        dataset,
+        SeededSamples(dataset, epoch_seed),
         batch_size=cfg.batch_size,
-        sampler=SkipSampler(sampler, skip * cfg.batch_size) if skip else sampler,
+        sampler=PositionedSampler(sampler, skip * cfg.batch_size),
         num_workers=cfg.workers,
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available() and cfg.device != "cpu",
         worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * 1009 + info.rank),
+        generator=torch.Generator().manual_seed(epoch_seed),
     )
 
 
@@ -763,6 +805,28 @@ def tensorboard_writer(cfg: TrainConfig, run_dir: Path):
         log.debug("tensorboard is not installed: no event files")
         return None
     return SummaryWriter(log_dir=str(run_dir / "tb"))
+
+
+def run_folder_config(cfg: TrainConfig, path: Path) -> dict[str, Any]:
+    """config.json: the checkpoint's config plus the weight files the run started from (a
+    checkpoint drops them; a resumed run keeps those its first start named in `path`)."""
+    data = cfg.to_dict()
+    data["model_kwargs"] = {k: _plain_path(v) for k, v in cfg.model_kwargs.items()}
+    for key in WEIGHT_FILE_KEYS:
+        if getattr(cfg, key, None) is not None:
+            data[key] = _plain_path(getattr(cfg, key))
+    if cfg.resume and path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        for key in WEIGHT_FILE_KEYS:
+            if data.get(key) is None and before.get(key) is not None:
+                data[key] = before[key]
+            if key in before.get("model_kwargs", {}):
+                data["model_kwargs"].setdefault(key, before["model_kwargs"][key])
+    return data
+
+
+def _plain_path(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
 
 
 def log_main(run: Run, message: str, *args) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,14 +21,24 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD
+from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD, DatasetMeta
 from segworks.data.transforms import long_side_size
+from segworks.errors import DataError
 from segworks.inference.sliding_window import iter_blocks, resolve_stride, slide_logits
 from segworks.inference.tta import Forward, check_scales, model_forward, tta_forward
 
+ImageInput = Image.Image | np.ndarray | str | Path  # an RGB image, or the path of one
+
 MODES = ("whole", "slide")
 
-__all__ = ["MODES", "InferenceOptions", "Prediction", "Predictor", "predict_logits"]
+__all__ = [
+    "MODES",
+    "InferenceOptions",
+    "Prediction",
+    "Predictor",
+    "options_from_checkpoint",
+    "predict_logits",
+]
 
 
 @torch.no_grad()
@@ -111,6 +122,38 @@ class InferenceOptions:
         self.tta_scales = check_scales(self.tta_scales)
 
 
+def options_from_checkpoint(
+    checkpoint: dict,
+    *,
+    mode: str | None = None,
+    tile: Sequence[int] | int | None = None,
+    long_side: int | None = None,
+    threshold: float | None = None,
+    **fields,
+) -> InferenceOptions:
+    """InferenceOptions as the checkpoint's training run implies, with the given values winning.
+
+    The one place that reads inference settings from a checkpoint, used by `segworks predict`,
+    `segworks eval` and `Predictor.from_checkpoint` alike: `long_side` defaults to the run's
+    (0 turns it off), slide mode without a `tile` uses the training crop, and `threshold`
+    (binary) defaults to the checkpoint's meta, else 0.5. Other `fields` are InferenceOptions'.
+    """
+    config = checkpoint.get("config") or {}
+    meta = checkpoint.get("meta") or {}
+    mode = mode or ("slide" if tile else "whole")
+    if mode == "slide" and tile is None:
+        tile = config.get("crop_size")
+        if tile is None:
+            raise ValueError("slide mode needs a tile size (the checkpoint names no crop size)")
+    if long_side is None:
+        long_side = config.get("long_side")
+    if threshold is None:
+        threshold = meta.get("threshold", 0.5)
+    return InferenceOptions(
+        mode=mode, tile=tile, long_side=long_side or None, threshold=threshold, **fields
+    )
+
+
 @dataclass
 class Prediction:
     """Labels ``(H, W)`` (uint8, int32 above 256 classes) at the image's original size; for a
@@ -121,7 +164,8 @@ class Prediction:
 
 
 class Predictor:
-    """Runs a semantic or binary model on RGB images (PIL or uint8 ``(H, W, 3)`` arrays)."""
+    """Runs a semantic or binary model on RGB images (PIL, uint8 ``(H, W, 3)`` arrays or image
+    file paths); `from_checkpoint` sets one up exactly as `segworks predict` does."""
 
     def __init__(
         self,
@@ -133,6 +177,7 @@ class Predictor:
         device: torch.device | str = "cpu",
         options: InferenceOptions | None = None,
         channel_order: str = "rgb",
+        meta: DatasetMeta | None = None,
     ):
         """`mean` and `std` are on the 0..1 scale, in the model's `channel_order`: "rgb", or
         "bgr" for models imported from Caffe/Chainer/Detectron (their 0..255 mean subtraction
@@ -146,6 +191,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.task = task
         self.options = options or InferenceOptions()
+        self.meta = meta  # class names and palette, when built from a checkpoint
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         opts = self.options
@@ -153,14 +199,51 @@ class Predictor:
             model_forward(self.model), flip=opts.tta_flip, scales=opts.tta_scales
         )
 
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path | dict,
+        *,
+        device: torch.device | str = "cpu",
+        options: InferenceOptions | None = None,
+        **option_fields,
+    ) -> Predictor:
+        """A Predictor set up as `segworks predict` sets it up for the same checkpoint: the
+        model, task, normalisation, class names and palette, and the training run's input scale
+        (`long_side`; pass ``long_side=0`` for the original size). `option_fields` are
+        InferenceOptions fields (``mode="slide"``, ``tta_flip=True``, ``threshold=0.3`` ...);
+        `options` replaces them all."""
+        from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+
+        path = checkpoint if isinstance(checkpoint, (str, Path)) else "<checkpoint>"
+        if not isinstance(checkpoint, dict):
+            checkpoint = load_checkpoint(checkpoint)
+        meta = checkpoint.get("meta")
+        if not isinstance(meta, dict) or "class_names" not in meta:
+            raise DataError(path, "not a segworks checkpoint: no meta with class_names")
+        if meta.get("task", "semantic") not in ("semantic", "binary"):
+            raise DataError(
+                path, f"a {meta.get('task')} checkpoint: Predictor runs semantic or binary ones"
+            )
+        return cls(
+            model_from_checkpoint(checkpoint, path),
+            task=meta.get("task", "semantic"),
+            mean=meta.get("mean", IMAGENET_MEAN),
+            std=meta.get("std", IMAGENET_STD),
+            device=device,
+            options=options or options_from_checkpoint(checkpoint, **option_fields),
+            channel_order=meta.get("channel_order", "rgb"),
+            meta=DatasetMeta.from_dict(meta),
+        )
+
     # -- public ---------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, image: Image.Image | np.ndarray) -> Prediction:
+    def predict(self, image: ImageInput) -> Prediction:
         """The prediction of one image at its original size."""
         return self.predict_batch([image])[0]
 
     @torch.no_grad()
-    def predict_batch(self, images: Sequence[Image.Image | np.ndarray]) -> list[Prediction]:
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[Prediction]:
         """Predictions of several images; whole mode runs same-size inputs as one batch."""
         arrays = [_as_uint8(image) for image in images]
         if self.options.mode == "slide" and self._input_size(arrays[0]) is None:
@@ -172,7 +255,14 @@ class Predictor:
         return [self._decide(self._logits_batch([array])[0][None]) for array in arrays]
 
     @torch.no_grad()
-    def logits(self, image: Image.Image | np.ndarray) -> Tensor:
+    def probabilities(self, image: ImageInput) -> Tensor:
+        """Class probabilities ``(K, H, W)`` at the image's original size: softmax of the
+        logits, or for a binary model the foreground probability ``(1, H, W)``."""
+        logits = self.logits(image)
+        return torch.sigmoid(logits) if self.task == "binary" else logits.softmax(0)
+
+    @torch.no_grad()
+    def logits(self, image: ImageInput) -> Tensor:
         """Float32 logits ``(K, H, W)`` at the image's original size (on the CPU in slide mode)."""
         return self._logits_batch([_as_uint8(image)])[0]
 
@@ -264,7 +354,11 @@ def _pair(value: Sequence[int] | int, name: str) -> tuple[int, int]:
     return pair
 
 
-def _as_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
+def _as_uint8(image: ImageInput) -> np.ndarray:
+    if isinstance(image, (str, Path)):
+        from segworks.data.formats import open_image
+
+        image = open_image(Path(image))
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
