@@ -19,13 +19,31 @@ from segworks.recipes import RECIPES, epochs_for_budget, recipe_config, recipe_s
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_is_a_valid_config_with_a_buildable_model(name):
-    cfg = recipe_config(name, data="somewhere")
+    cfg = recipe_config(name, data="somewhere", pretrained="none")
     settings = RECIPES[name].settings
     for key, value in settings.items():
         assert getattr(cfg, key) == value, key
     model = build_model(cfg.model, num_classes=3, **cfg.model_kwargs)
     assert sum(p.numel() for p in model.parameters()) > 0
     assert RECIPES[name].name == name
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(RECIPES) if RECIPES[n].pretrained])
+def test_pretrained_recipes_fine_tune_when_the_weights_are_installed(name, monkeypatch, caplog):
+    from segworks.models import pretrained
+
+    extra = RECIPES[name].pretrained
+    monkeypatch.setattr(pretrained, "status", lambda entry: "installed")
+    cfg = recipe_config(name, data="somewhere")
+    for key, value in extra.items():
+        assert getattr(cfg, key) == value, key
+    assert cfg.mean == pretrained.WEIGHTS[extra["pretrained"]].mean  # normalisation follows
+    monkeypatch.setattr(pretrained, "status", lambda entry: "download")
+    scratch = recipe_config(name, data="somewhere")
+    assert scratch.model == RECIPES[name].settings["model"] and scratch.pretrained is None
+    assert "trains from scratch" in caplog.text  # said, not silent
+    own = recipe_settings(name, {"pretrained": "mobilenet_v2", "model": "unet_mobilenet_v2"})
+    assert own["pretrained"] == "mobilenet_v2" and own["lr"] == extra.get("lr", own["lr"])
 
 
 def test_given_settings_win_and_epochs_drop_the_time_cap():
@@ -39,11 +57,12 @@ def test_given_settings_win_and_epochs_drop_the_time_cap():
 def test_another_model_drops_the_recipe_model_keywords():
     settings = recipe_settings("small", {"model": "segnet_basic"})
     assert "model_kwargs" not in settings
-    assert recipe_settings("small", {})["model_kwargs"] == {"base_width": 16, "depth": 4}
+    scratch = recipe_settings("small", {"pretrained": "none"})
+    assert scratch["model_kwargs"] == {"base_width": 16, "depth": 4}
 
 
 def test_recipe_settings_are_copies():
-    settings = recipe_settings("small")
+    settings = recipe_settings("small", {"pretrained": "none"})
     settings["model_kwargs"]["base_width"] = 99
     assert RECIPES["small"].settings["model_kwargs"]["base_width"] == 16
 
