@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from segworks.data.formats import MASK_FORMATS
+from segworks.errors import SegworksError
 
 INSTANCE_KEYS = ('"annotations"', '"regions"', '"_via_img_metadata"')
 
@@ -38,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.fix_list:
+        from segworks.outputs import check_output_file
+
+        check_output_file(args.fix_list, "--fix-list")
     instance_path = _instance_source(args)
     if instance_path is not None:
         return _check_instances(instance_path, args)
@@ -102,7 +107,7 @@ def parse_classes(text: str | None) -> list[str] | None:
         return read_class_names(path)
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
-        raise ValueError(f"--classes: expected a comma list or a file, got {text!r}")
+        raise SegworksError(f"--classes: expected a comma list or a file, got {text!r}")
     return names
 
 
@@ -149,7 +154,7 @@ def _check_instances(path: Path, args) -> int:
     try:
         from segworks.data.instances import check_instances
     except ImportError as error:
-        raise ValueError(
+        raise SegworksError(
             f"{path} is an instance dataset, and instance checks are unavailable ({error})"
         ) from None
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from segworks.errors import DataError, SegworksError
+from segworks.outputs import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def inference_options(args: argparse.Namespace, checkpoint: dict, *, tta: bool):
     if mode == "slide" and tile is None:
         tile = _pair_flag(_training_crop(checkpoint), "crop_size of the checkpoint")
         if tile is None:
-            raise ValueError("--mode slide needs --tile H W (the checkpoint names no crop size)")
+            raise SegworksError("--mode slide needs --tile H W (the checkpoint names no crop size)")
     scales = tuple(args.tta_scales or (0.75, 1.0, 1.25)) if tta else (1.0,)
     return InferenceOptions(
         mode=mode,
@@ -177,7 +178,7 @@ def _pair_flag(values, name: str) -> tuple[int, int] | None:
         return None
     values = [values] if isinstance(values, int) else list(values)
     if len(values) not in (1, 2) or min(values) < 1:
-        raise ValueError(f"{name}: expected N or H W (positive), got {values}")
+        raise SegworksError(f"{name}: expected N or H W (positive), got {values}")
     return (values[0], values[-1])
 
 
@@ -197,6 +198,7 @@ def _training_crop(checkpoint: dict):
 # --------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
     _split_paths(args)
+    check_output_dir(args.out, "--out")
     if args.onnx:
         from segworks.onnx_predict import predict_onnx
 
@@ -209,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
 
         return int(run_predict(args) or 0)
     if not 0 <= args.alpha <= 1:
-        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
+        raise SegworksError(f"--alpha must be in [0, 1], got {args.alpha}")
     options = inference_options(args, checkpoint, tta=tta_requested(args))
     predictor, meta = build_predictor(checkpoint, args.checkpoint, options, resolve_device(args))
     items = collect_inputs(args.inputs)
@@ -233,13 +235,13 @@ def _split_paths(args: argparse.Namespace) -> None:
         args.checkpoint = None
     else:
         if not paths:
-            raise ValueError("expected a checkpoint and at least one input")
+            raise SegworksError("expected a checkpoint and at least one input")
         args.checkpoint = paths.pop(0)
     args.inputs = paths + list(args.input)
     if not args.inputs:
-        raise ValueError("no input given: name image files, folders, globs or videos")
+        raise SegworksError("no input given: name image files, folders, globs or videos")
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise SegworksError(f"--batch-size must be >= 1, got {args.batch_size}")
 
 
 # --------------------------------------------------------------------------- inputs

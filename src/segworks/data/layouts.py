@@ -58,7 +58,7 @@ from segworks.data.formats import (
     read_palette,
 )
 from segworks.data.meta import DatasetMeta, voc_palette
-from segworks.errors import DataError
+from segworks.errors import DataError, SegworksError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class DatasetSource:
         if isinstance(split_or_samples, str):
             if split_or_samples not in self.splits:
                 known = ", ".join(self.splits) or "none"
-                raise ValueError(f"split {split_or_samples!r} not found (splits: {known})")
+                raise SegworksError(f"split {split_or_samples!r} not found (splits: {known})")
             samples = self.splits[split_or_samples]
         else:
             samples = list(split_or_samples)
@@ -188,11 +188,11 @@ def open_source(
 def _settle(listing: _Listing, options: dict, names, names_from: str) -> DatasetSource:
     task = options["task"]
     if task not in (None, "semantic", "binary"):
-        raise ValueError(f"task must be 'semantic' or 'binary' here, got {task!r}")
+        raise SegworksError(f"task must be 'semantic' or 'binary' here, got {task!r}")
     masks = [s.label for s in _all(listing.splits) if s.label is not None]
     fmt = options["mask_format"]
     if fmt != "auto" and fmt not in MASK_FORMATS:
-        raise ValueError(
+        raise SegworksError(
             f"mask format must be auto or one of {', '.join(MASK_FORMATS)}, got {fmt!r}"
         )
     probe = _probe(masks, fmt)
@@ -241,10 +241,10 @@ def _all(splits: dict[str, list[Sample]]) -> list[Sample]:
 def _list_pairs(source, list_file, image_dir, label_dir) -> _Listing:
     if list_file is not None:
         if image_dir is None:
-            raise ValueError("a list file (-tt) needs the image folder (-tr) too")
+            raise SegworksError("a list file (-tt) needs the image folder (-tr) too")
         return _stem_list(Path(list_file), Path(image_dir), label_dir and Path(label_dir), "train")
     if source is None:
-        raise ValueError("give a dataset folder, spec file or list file (or -tt/-tr/-ta)")
+        raise SegworksError("give a dataset folder, spec file or list file (or -tt/-tr/-ta)")
     path = Path(source)
     if not path.exists():
         raise DataError(path, "no such file or folder")
@@ -596,7 +596,7 @@ def parse_colour(text: str) -> Colour:
     except ValueError:
         values = ()
     if len(values) != 3 or not all(0 <= v <= 255 for v in values):
-        raise ValueError(f"a colour is 'r,g,b' with values 0..255 or '#rrggbb', got {text!r}")
+        raise SegworksError(f"a colour is 'r,g,b' with values 0..255 or '#rrggbb', got {text!r}")
     return values
 
 
@@ -642,7 +642,9 @@ def _binary_names(names: list[str], names_from: str) -> tuple[list[str], str]:
     if len(names) == 2:
         return names, names_from
     if names_from == "given":
-        raise ValueError(f"a binary task has 2 class names (background, foreground), got {names}")
+        raise SegworksError(
+            f"a binary task has 2 class names (background, foreground), got {names}"
+        )
     return ["background", "foreground"], "binary"
 
 

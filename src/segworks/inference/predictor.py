@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD
 from segworks.data.transforms import long_side_size
+from segworks.errors import SegworksError
 from segworks.inference.sliding_window import iter_blocks, resolve_stride, slide_logits
 from segworks.inference.tta import Forward, check_scales, model_forward, tta_forward
 
@@ -58,9 +59,9 @@ def predict_logits(
     if mode == "whole":
         return forward(image.to(device)).float()
     if mode != "slide":
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise SegworksError(f"mode must be one of {MODES}, got {mode!r}")
     if tile is None:
-        raise ValueError("slide mode needs a tile size (H, W)")
+        raise SegworksError("slide mode needs a tile size (H, W)")
     tile = _pair(tile, "tile")
     step = resolve_stride(tile, overlap=overlap, stride=stride)
     slides = [
@@ -97,17 +98,19 @@ class InferenceOptions:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise SegworksError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "slide" and self.tile is None:
-            raise ValueError("slide mode needs a tile size (--tile H W)")
+            raise SegworksError("slide mode needs a tile size (--tile H W)")
         if self.tile is not None:
             self.tile = _pair(self.tile, "tile")
         if self.size is not None:
             self.size = _pair(self.size, "size")
         if self.long_side is not None and self.long_side < 1:
-            raise ValueError(f"long_side must be a positive number of pixels, got {self.long_side}")
+            raise SegworksError(
+                f"long_side must be a positive number of pixels, got {self.long_side}"
+            )
         if not 0 <= self.threshold <= 1:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+            raise SegworksError(f"threshold must be in [0, 1], got {self.threshold}")
         self.tta_scales = check_scales(self.tta_scales)
 
 
@@ -134,7 +137,7 @@ class Predictor:
         options: InferenceOptions | None = None,
     ):
         if task not in ("semantic", "binary"):
-            raise ValueError(f"Predictor handles 'semantic' or 'binary' models, got {task!r}")
+            raise SegworksError(f"Predictor handles 'semantic' or 'binary' models, got {task!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.task = task
@@ -233,7 +236,7 @@ class Predictor:
         channels = logits.shape[1]
         if self.task == "binary":
             if channels != 1:
-                raise ValueError(f"a binary model must output 1 channel, got {channels}")
+                raise SegworksError(f"a binary model must output 1 channel, got {channels}")
             prob = torch.sigmoid(logits[0, 0].float())
             labels = (prob > self.options.threshold).to(torch.uint8)
             return Prediction(labels.cpu().numpy(), prob.cpu().numpy())
@@ -251,7 +254,7 @@ def _pair(value: Sequence[int] | int, name: str) -> tuple[int, int]:
     if len(pair) == 1:
         pair = (pair[0], pair[0])
     if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"{name} must be one or two positive ints (H W), got {value}")
+        raise SegworksError(f"{name} must be one or two positive ints (H W), got {value}")
     return pair
 
 
@@ -259,7 +262,7 @@ def _as_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(
+        raise SegworksError(
             f"expected an RGB image as uint8 (H, W, 3), got {image.dtype} {image.shape}"
         )
     return image

@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from segworks.errors import SegworksError
 from segworks.inference.tta import Forward
 
 Prepare = Callable[[Tensor], Tensor]
@@ -99,11 +100,13 @@ def resolve_stride(
         sy, sx = (stride, stride) if isinstance(stride, int) else tuple(stride)
     else:
         if overlap is None or not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+            raise SegworksError(f"overlap must be in [0, 1), got {overlap}")
         sy, sx = (max(1, int(side * (1 - overlap))) for side in tile)
     for step, side in zip((sy, sx), tile):
         if not 1 <= step <= side:
-            raise ValueError(f"stride must be in 1..{side} for a tile side of {side}, got {step}")
+            raise SegworksError(
+                f"stride must be in 1..{side} for a tile side of {side}, got {step}"
+            )
     return int(sy), int(sx)
 
 
