@@ -37,7 +37,7 @@ class TrainConfig:
     class_names: list[str] | None = None
     reduce_zero_label: bool = False
     num_classes: int | None = None  # checked against the data when given
-    task: str = "semantic"
+    task: str | None = None  # None: what the data says (binary masks: "binary")
     train_split: str = "train"
     val_name: str = "val"
     val_split: float = 0.1  # fraction carved from train when the data has no `val_name` split
@@ -107,7 +107,8 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("loss", self.loss, LOSSES)
-        _choice("task", self.task, TASKS)
+        if self.task is not None:
+            _choice("task", self.task, TASKS)
         _choice("class_weights", self.class_weights, ("none", "median"))
         for name in ("epochs", "epoch_repeats", "batch_size", "accum_steps", "crop_size"):
             if int(getattr(self, name)) < 1:

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("-tr", "--train-images", metavar="DIR", help="image directory (seed)")
     data.add_argument("-ta", "--train-annotations", metavar="DIR", help="mask directory (seed)")
     data.add_argument("-n", "--num-classes", type=int, help="class count, checked against the data")
-    data.add_argument("--task", choices=TASKS, help="default: what the data says (semantic)")
+    data.add_argument("--task", choices=TASKS, help="default: what the data says")
     data.add_argument("--mask-format", help="palette|index|binary|rgb|npy|labelme (default auto)")
     data.add_argument("--ignore-index", type=int, help="the void value in the mask files")
     data.add_argument("--class-names", type=_names, help="comma-separated class names")

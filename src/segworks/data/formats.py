@@ -242,6 +242,7 @@ class MaskDecoder:
     colour_map: dict[Colour, int] = field(default_factory=dict)
     class_ids: dict[str, int] = field(default_factory=dict)
     foreground: int | None = None
+    threshold: int | None = None  # lossy (JPEG) binary masks: grey >= threshold is foreground
 
     def __post_init__(self) -> None:
         if self.mask_format not in MASK_FORMATS:
@@ -259,6 +260,8 @@ class MaskDecoder:
     def decode(self, path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
         """Decode without checking the value range (check-data uses it to count every value)."""
         path = Path(path)
+        if self.threshold is not None and self.mask_format == "binary":
+            return read_thresholded(path, self.threshold)
         if self.mask_format == "labelme":
             labels = rasterize_labelme(path, self.class_ids, size)
         elif self.mask_format == "rgb":
@@ -297,6 +300,12 @@ class MaskDecoder:
                 path,
                 f"label values {shown} outside the {count} classes 0..{count - 1} (255 = ignore)",
             )
+
+
+def read_thresholded(path: Path, threshold: int) -> np.ndarray:
+    """A binary mask saved lossily (JPEG): grey >= threshold -> 1 (foreground), else 0."""
+    grey = np.asarray(open_image(Path(path)).convert("L"))
+    return (grey >= threshold).astype(np.int64)
 
 
 def decode_binary(values: np.ndarray, foreground: int | None = None) -> np.ndarray:

@@ -571,6 +571,9 @@ def build_data(cfg: TrainConfig) -> Data:
             size=cfg.eval_size, long_side=cfg.long_side, mean=cfg.mean, std=cfg.std
         )
         val_set = source.dataset(val_samples, transform=transform, skip_bad=cfg.skip_bad)
+    for dataset in (train_set, val_set):
+        if dataset is not None:
+            dataset.check_headers()  # every pair, before the first step (check-data does too)
     weights = median_weights(train_set, meta) if cfg.class_weights == "median" else None
     if cfg.epoch_repeats > 1:
         train_set = ConcatDataset([train_set] * cfg.epoch_repeats)

@@ -331,17 +331,17 @@ def _check_input(image: Tensor, batch_size: int) -> None:
     if image.ndim != 4 or image.shape[0] != 1:
         raise ValueError(f"image must be (1, C, H, W), got {tuple(image.shape)}")
     if batch_size < 1:
-        raise ValueError(f"tile batch size must be >= 1, got {batch_size}")
+        raise SegworksError(f"tile batch size must be >= 1, got {batch_size}")
 
 
 def _check_margin(
     margin: int, tile: tuple[int, int], stride: tuple[int, int], counts: tuple[int, int]
 ) -> None:
     if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+        raise SegworksError(f"margin must be >= 0, got {margin}")
     for side, step, count in zip(tile, stride, counts):
         if count > 1 and step > side - 2 * margin:
-            raise ValueError(
+            raise SegworksError(
                 f"a margin of {margin} px needs tiles overlapping by >= {2 * margin} px, but a "
                 f"tile side of {side} with stride {step} overlaps by {side - step} px "
                 "(lower the margin or raise the overlap)"
