@@ -63,7 +63,8 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
     """Print one line on stderr (the traceback too with --verbose) and return the exit code."""
     if args.verbose:
         log.exception("failed")
-    print(f"segworks {args.command}: {message}", file=sys.stderr)
+    one_line = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"segworks {args.command}: {one_line}", file=sys.stderr)
     return code
 
 

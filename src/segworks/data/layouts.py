@@ -326,6 +326,8 @@ def _list_pairs(source, list_file, image_dir, label_dir) -> _Listing:
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         return _spec_listing(path)
     if path.suffix.lower() == ".txt":
+        if not _is_pair_list(path):
+            raise DataError(path, "not a pair list: expected 'IMAGE MASK' paths on each line")
         split = path.stem if path.stem in SPLIT_NAMES else "train"
         listing = _pair_lists(path.parent, {split: path})
         listing.segnet = _is_segnet(path.parent)

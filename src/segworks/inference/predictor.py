@@ -103,6 +103,7 @@ class InferenceOptions:
             raise SegworksError("slide mode needs a tile size (--tile H W)")
         if self.tile is not None:
             self.tile = _pair(self.tile, "tile")
+            resolve_stride(self.tile, overlap=self.overlap)  # a bad overlap fails before any work
         if self.size is not None:
             self.size = _pair(self.size, "size")
         if self.long_side is not None and self.long_side < 1:
