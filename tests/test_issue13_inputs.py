@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -315,3 +316,30 @@ def test_training_testing_validation_folders_are_splits(tmp_path):
         binary_dataset(tmp_path / folder, count=2)
     source = open_source(tmp_path)
     assert sorted(source.splits) == ["test", "train", "val"]
+
+
+def test_check_data_task_instance_keeps_the_via_file_detection_finds(tmp_path, capsys):
+    folder = tmp_path / "kites" / "train"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "p.png")
+    polygon = {"name": "polygon", "all_points_x": [1, 10, 10], "all_points_y": [1, 1, 10]}
+    region = {"shape_attributes": polygon, "region_attributes": {}}
+    data = {"p.png1": {"filename": "p.png", "regions": [region]}}
+    (folder / "via_region_data.json").write_text(json.dumps(data))
+    assert main(["check-data", str(tmp_path / "kites")]) == 0
+    capsys.readouterr()
+    assert main(["check-data", str(tmp_path / "kites"), "--task", "instance"]) == 0
+    assert "cannot tell the instance format" not in capsys.readouterr().err
+
+
+def test_large_images_need_slide_mode(trained, tmp_path, capsys, monkeypatch):
+    _, checkpoint = trained
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # 400 pixels read whole at most
+    image = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
+    argv = ["predict", str(checkpoint), str(image), "-g", "-1"]
+    assert main([*argv, "-o", str(tmp_path / "whole")]) == 2
+    err = one_line_error(capsys)
+    assert "big.png" in err and "--mode slide" in err
+    assert main([*argv, "-o", str(tmp_path / "slide"), "--mode", "slide", "--tile", "16"]) == 0
+    assert Image.MAX_IMAGE_PIXELS == 200  # the raised limit does not outlive the command

@@ -116,16 +116,25 @@ def _instance_source(args) -> Path | None:
     if args.source is None:
         return None
     path = Path(args.source)
-    if args.task == "instance":
-        return path
+    if args.task == "instance":  # the flag never loses what detection finds
+        return (_instance_json_in(path) or path) if path.is_dir() else path
     if path.is_file() and path.suffix.lower() == ".json":
         return path if _is_instance_json(path) else None
     if path.is_dir() and not _has_masks(path):
-        found = sorted(
-            p for p in [*path.glob("*.json"), *path.glob("*/*.json")] if _is_instance_json(p)
-        )
+        found = _instance_jsons(path)
         return (found[0] if len(found) == 1 else path) if found else None
     return None
+
+
+def _instance_jsons(folder: Path) -> list[Path]:
+    """Instance annotation files (COCO, VIA) in `folder` or one level down."""
+    candidates = [*folder.glob("*.json"), *folder.glob("*/*.json")]
+    return sorted(p for p in candidates if _is_instance_json(p))
+
+
+def _instance_json_in(folder: Path) -> Path | None:
+    found = _instance_jsons(folder)
+    return found[0] if len(found) == 1 else None
 
 
 def _is_instance_json(path: Path) -> bool:

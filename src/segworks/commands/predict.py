@@ -216,6 +216,22 @@ def run(args: argparse.Namespace) -> int:
     predictor, meta = build_predictor(checkpoint, args.checkpoint, options, resolve_device(args))
     items = collect_inputs(args.inputs)
     writer = Writer(Path(args.out), meta, alpha=args.alpha, legend=not args.no_legend)
+    with large_images(options.mode):
+        done = _predict_items(predictor, items, writer, args)
+    print(f"wrote predictions of {done} input(s) to {args.out}")
+    return 0
+
+
+def large_images(mode: str):
+    """Sliding-window prediction is for large images: PIL's 179-megapixel guard is raised."""
+    from contextlib import nullcontext
+
+    from segworks.data.formats import SLIDE_MAX_PIXELS, pixel_limit
+
+    return pixel_limit(SLIDE_MAX_PIXELS) if mode == "slide" else nullcontext()
+
+
+def _predict_items(predictor, items, writer, args: argparse.Namespace) -> int:
     images = [item for item in items if not item.video]
     done = predict_images(
         predictor, images, writer, batch_size=args.batch_size, skip_bad=args.skip_bad
@@ -224,8 +240,7 @@ def run(args: argparse.Namespace) -> int:
         if item.video:
             predict_video(predictor, item, writer, batch_size=args.batch_size)
             done += 1
-    print(f"wrote predictions of {done} input(s) to {args.out}")
-    return 0
+    return done
 
 
 def _split_paths(args: argparse.Namespace) -> None:

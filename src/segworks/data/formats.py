@@ -19,7 +19,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from segworks.errors import DataError
 from segworks.fileio import atomic_path, save_image, save_json
 
 MASK_FORMATS = ("palette", "index", "binary", "rgb", "npy", "labelme")
+SLIDE_MAX_PIXELS = 2_000_000_000  # sliding-window prediction reads images up to this size
 Colour = tuple[int, int, int]
 
 LABELME_IGNORE = "__ignore__"
@@ -52,8 +54,31 @@ def open_image(path: Path) -> Image.Image:
         return image
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
+    except Image.DecompressionBombError:
+        raise DataError(path, _too_large()) from None
     except PIL_ERRORS as error:
         raise DataError(path, f"cannot decode image ({error})") from None
+
+
+def _too_large() -> str:
+    limit = (Image.MAX_IMAGE_PIXELS or 0) * 2 // 1_000_000
+    if limit >= SLIDE_MAX_PIXELS // 1_000_000:
+        return f"the image is over the {limit}-megapixel cap of sliding-window prediction"
+    return (
+        f"the image is over the {limit}-megapixel limit for reading it whole; predict it with "
+        f"--mode slide --tile H W (up to {SLIDE_MAX_PIXELS // 1_000_000} megapixels)"
+    )
+
+
+@contextmanager
+def pixel_limit(pixels: int) -> Iterator[None]:
+    """Let PIL open images of up to `pixels` (its own guard stops at 2 x MAX_IMAGE_PIXELS)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(saved or 0, pixels // 2)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -67,6 +92,8 @@ def image_size(path: Path) -> tuple[int, int]:
             width, height = image.size
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
+    except Image.DecompressionBombError:
+        raise DataError(path, _too_large()) from None
     except PIL_ERRORS as error:
         raise DataError(path, f"cannot read image header ({error})") from None
     return height, width

@@ -329,6 +329,9 @@ def read_via(path: Path, reader: _Reader, class_name: str | None = None) -> Inst
         regions = list(regions.values()) if isinstance(regions, dict) else list(regions)
         parsed.append((image_id, entry, regions))
     names = sorted({_via_class(r, default) for _, _, regions in parsed for r in regions})
+    if default in names and class_name is None:
+        log.warning("%s: VIA regions without a name/class/label attribute are class %r, "
+                    "named after the folder %s", path, default, path.parent)  # fmt: skip
     names = names or [default]
     label_of = {name: index + 1 for index, name in enumerate(names)}
     records = []
@@ -353,7 +356,8 @@ def read_via(path: Path, reader: _Reader, class_name: str | None = None) -> Inst
 
 def _folder_class(path: Path) -> str:
     folder = path.parent
-    if folder.name.lower() in ("train", "val", "valid", "test") and folder.parent.name:
+    splits = ("train", "training", "val", "valid", "validation", "test", "testing")
+    if folder.name.lower() in splits and folder.parent.name:
         folder = folder.parent
     return folder.name or "object"
 
