@@ -343,3 +343,13 @@ def test_large_images_need_slide_mode(trained, tmp_path, capsys, monkeypatch):
     assert "big.png" in err and "--mode slide" in err
     assert main([*argv, "-o", str(tmp_path / "slide"), "--mode", "slide", "--tile", "16"]) == 0
     assert Image.MAX_IMAGE_PIXELS == 200  # the raised limit does not outlive the command
+
+
+def test_check_data_summarises_many_bad_pairs(tmp_path, capsys):
+    data = binary_dataset(tmp_path / "d", count=26)
+    for i in range(1, 26):
+        Image.fromarray(disc(size=20).astype(np.uint8)).save(data / "masks" / f"b{i}.png")
+    assert main(["check-data", str(data)]) == 2
+    out = capsys.readouterr().out
+    assert "problems (25):" in out and "... and 5 more (--json lists every one)" in out
+    assert out.count("but image") == 20
