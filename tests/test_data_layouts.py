@@ -271,7 +271,7 @@ def test_unreadable_everywhere_raises_even_with_skip_bad(tmp_path):
 
 def test_unlabelled_split_reads_all_ignore(tmp_path):
     write_image(tmp_path / "images" / "a.jpg")
-    source = open_source(tmp_path, class_names=["bg", "x", "y"])
+    source = open_source(tmp_path, class_names=["bg", "x", "y"], allow_unlabelled=True)
     _, labels = source.dataset("train").read(0)
     assert (labels == 255).all()
 

@@ -33,10 +33,35 @@ def read_torch_file(path: str | Path, kind: str = "checkpoint") -> Any:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, f"{kind} file not found")
+    if not _looks_like_torch_file(path):
+        raise DataError(path, f"not a {kind} file (torch.save writes a zip or pickle file)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
-        raise DataError(path, f"not a readable torch {kind} file ({error})") from error
+        raise DataError(path, _load_problem(kind, error)) from error
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (PK) or, in the legacy format, a pickle (0x80)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        raise DataError(path, f"cannot read the file ({error.strerror or error})") from None
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def _load_problem(kind: str, error: Exception) -> str:
+    """One line: torch's own message spans lines and advises an unsafe load."""
+    text = str(error)
+    if "weights_only" in text or "Weights only" in text:
+        return (
+            f"the {kind} holds Python objects besides tensors and plain values; segworks loads "
+            "only those (weights_only=True) and never runs code from a file"
+        )
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first.split(". ")[0].rstrip(".")
+    return f"not a readable torch {kind} file ({type(error).__name__}: {first})"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -8,6 +8,8 @@ import importlib
 import logging
 import sys
 
+from segworks.errors import SegworksError
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": ("segworks.commands.check_data", "inspect a dataset and report every problem"),
     "train": ("segworks.commands.train", "train a model"),
@@ -46,11 +48,30 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        if args.verbose:
-            log.exception("failed")
-        print(f"segworks {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except SegworksError as error:
+        return _fail(args, f"error: {error}", 2)
+    except OSError as error:
+        if error.filename is None:
+            return _fail(args, _internal(error), 1)
+        return _fail(args, f"error: {error.filename}: {error.strerror or error}", 2)
     except KeyboardInterrupt:
         print(f"segworks {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        return _fail(args, _internal(error), 1)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """Print one line on stderr (the traceback too with --verbose) and return the exit code."""
+    if args.verbose:
+        log.exception("failed")
+    one_line = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"segworks {args.command}: {one_line}", file=sys.stderr)
+    return code
+
+
+def _internal(error: BaseException) -> str:
+    """A bug in segworks, not the user's input: the type and the first line, and the hint."""
+    text = str(error).strip().splitlines()
+    detail = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return f"internal error: {detail} (run with --verbose for the traceback)"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD
+from segworks.errors import SegworksError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("step", "poly", "cosine", "constant")
@@ -36,7 +37,7 @@ class TrainConfig:
     class_names: list[str] | None = None
     reduce_zero_label: bool = False
     num_classes: int | None = None  # checked against the data when given
-    task: str = "semantic"
+    task: str | None = None  # None: what the data says (binary masks: "binary")
     train_split: str = "train"
     val_name: str = "val"
     val_split: float = 0.1  # fraction carved from train when the data has no `val_name` split
@@ -121,31 +122,32 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("loss", self.loss, LOSSES)
-        _choice("task", self.task, TASKS)
+        if self.task is not None:
+            _choice("task", self.task, TASKS)
         _choice("class_weights", self.class_weights, ("none", "median"))
         for name in ("epochs", "epoch_repeats", "batch_size", "accum_steps", "crop_size"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise SegworksError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise SegworksError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.val_split < 1.0:
-            raise ValueError(f"val_split must be a fraction in [0, 1), got {self.val_split}")
+            raise SegworksError(f"val_split must be a fraction in [0, 1), got {self.val_split}")
         if self.long_side is not None and self.long_side < 8:
-            raise ValueError(f"long_side must be >= 8 pixels, got {self.long_side}")
+            raise SegworksError(f"long_side must be >= 8 pixels, got {self.long_side}")
         if not self.backbone_lr_mult >= 0:
-            raise ValueError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+            raise SegworksError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
         if self.freeze_backbone_epochs < 0:
-            raise ValueError(
+            raise SegworksError(
                 f"freeze_backbone_epochs must be >= 0, got {self.freeze_backbone_epochs}"
             )
         if self.warmup < 0 or self.snapshot_every < 0 or self.workers < 0:
-            raise ValueError("warmup, snapshot_every and workers must be >= 0")
+            raise SegworksError("warmup, snapshot_every and workers must be >= 0")
         if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
+            raise SegworksError(f"patience must be >= 1 epoch, got {self.patience}")
         if self.num_classes is not None and self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+            raise SegworksError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.data is None and self.train_images is None and self.resume is None:
-            raise ValueError("no training data: give --data DIR, or -tr IMAGES -ta ANNOTATIONS")
+            raise SegworksError("no training data: give --data DIR, or -tr IMAGES -ta ANNOTATIONS")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for a checkpoint: lists instead of tuples, weight-file paths removed."""
@@ -169,4 +171,4 @@ def model_kwargs_for_checkpoint(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        raise SegworksError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

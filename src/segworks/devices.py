@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from segworks.errors import SegworksError
+
 
 def resolve_device(name: str | None) -> torch.device:
     """`name` ("auto" or None: CUDA when present, else the CPU; "cpu", "cuda", "cuda:N")."""
@@ -12,9 +14,13 @@ def resolve_device(name: str | None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from error
+        raise SegworksError(
+            f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}"
+        ) from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available (use --device cpu)")
+        raise SegworksError(
+            f"device {name!r} asked for, but CUDA is not available (use --device cpu)"
+        )
     return device
 
 

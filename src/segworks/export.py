@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD
+from segworks.errors import SegworksError
 from segworks.fileio import atomic_path
 
 __all__ = [
@@ -94,9 +95,9 @@ class ExportWrapper(nn.Module):
     ):
         super().__init__()
         if input_layout not in ("nchw", "nhwc"):
-            raise ValueError(f"input_layout must be 'nchw' or 'nhwc', got {input_layout!r}")
+            raise SegworksError(f"input_layout must be 'nchw' or 'nhwc', got {input_layout!r}")
         if input_layout == "nhwc" and not include_normalize:
-            raise ValueError("input_layout='nhwc' needs include_normalize (uint8 image input)")
+            raise SegworksError("input_layout='nhwc' needs include_normalize (uint8 image input)")
         self.model = model
         self.size = (int(size[0]), int(size[1]))
         self.include_normalize = include_normalize
@@ -154,7 +155,7 @@ def export_model(
     image for the check; by default a synthetic one is drawn. Raises ParityError on mismatch.
     """
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+        raise SegworksError(f"format must be one of {FORMATS}, got {format!r}")
     _check_size(size)
     wrapper = ExportWrapper(
         model.eval(),
@@ -447,7 +448,7 @@ def _failure_text(report: dict) -> str:
 
 def _check_size(size: Sequence[int]) -> None:
     if len(size) != 2 or any(int(v) < 8 for v in size):
-        raise ValueError(f"size must be (height, width) with both >= 8, got {tuple(size)}")
+        raise SegworksError(f"size must be (height, width) with both >= 8, got {tuple(size)}")
 
 
 def _check_sample(sample: np.ndarray) -> np.ndarray:
@@ -530,7 +531,7 @@ def export_instance_model(
     coordinate scale for boxes). Raises ParityError otherwise.
     """
     if opset < 11:
-        raise ValueError(f"Mask R-CNN needs ONNX opset >= 11, got {opset}")
+        raise SegworksError(f"Mask R-CNN needs ONNX opset >= 11, got {opset}")
     _check_size(size)
     wrapper = InstanceExportWrapper(model.eval()).eval()
     inputs = [_instance_input(image) for image in _check_images(size, sample, another_size=True)]

@@ -17,6 +17,8 @@ from typing import Any
 
 from PIL import Image
 
+from segworks.errors import SegworksError
+
 __all__ = ["atomic_path", "save_image", "save_json", "save_text"]
 
 
@@ -60,7 +62,7 @@ def save_image(image: Image.Image, path: str | Path) -> None:
     path = Path(path)
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format is None:
-        raise ValueError(f"cannot tell the image format from the suffix of {path} (try .png)")
+        raise SegworksError(f"cannot tell the image format from the suffix of {path} (try .png)")
     with atomic_path(path) as tmp:
         image.save(tmp, format=image_format)
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from segworks.errors import DataError
+from segworks.errors import DataError, SegworksError
 
 __all__ = ["OnnxPrediction", "OnnxSegmenter", "predict_onnx", "read_metadata"]
 
@@ -49,13 +49,13 @@ def predict_onnx(args: argparse.Namespace) -> int:
     items = collect_inputs(list(args.inputs))
     videos = [str(item.path) for item in items if item.video]
     if videos:
-        raise ValueError(f"--onnx predicts images only; got video(s) {videos}")
+        raise SegworksError(f"--onnx predicts images only; got video(s) {videos}")
     meta = SimpleNamespace(
         task=segmenter.task, palette=segmenter.palette, class_names=segmenter.class_names
     )
     alpha = float(getattr(args, "alpha", 0.5))
     if not 0 <= alpha <= 1:
-        raise ValueError(f"--alpha must be in [0, 1], got {alpha}")
+        raise SegworksError(f"--alpha must be in [0, 1], got {alpha}")
     writer = Writer(Path(args.out), meta, alpha=alpha, legend=not getattr(args, "no_legend", False))
     threshold = getattr(args, "threshold", None)
     threshold = 0.5 if threshold is None else float(threshold)

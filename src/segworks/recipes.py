@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from segworks.config import TrainConfig
+from segworks.errors import SegworksError
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,9 @@ def recipe_settings(name: str, given: dict[str, Any] | None = None) -> dict[str,
     keywords.
     """
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; expected one of {', '.join(sorted(RECIPES))}")
+        raise SegworksError(
+            f"unknown recipe {name!r}; expected one of {', '.join(sorted(RECIPES))}"
+        )
     given = dict(given or {})
     recipe = RECIPES[name]
     settings = {key: _copy(value) for key, value in recipe.settings.items()}
@@ -209,7 +212,7 @@ def epochs_for_budget(
     from segworks.models import build_model
 
     if minutes <= 0:
-        raise ValueError(f"minutes must be > 0, got {minutes}")
+        raise SegworksError(f"minutes must be > 0, got {minutes}")
     device = resolve_device(cfg.device)
     num_classes = cfg.num_classes or 3
     model = build_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs).to(device).train()

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import segworks
+from segworks.errors import SegworksError
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is None:
         args.threads = 1 if args.device == "cpu" else 0
     if args.threads < 0:
-        raise ValueError(f"--threads {args.threads}: expected >= 0 (0: torch's default)")
+        raise SegworksError(f"--threads {args.threads}: expected >= 0 (0: torch's default)")
     saved_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,7 +196,7 @@ def checkout_root() -> Path:
             if str(root) not in sys.path:
                 sys.path.insert(0, str(root))
             return root
-    raise FileNotFoundError(
+    raise SegworksError(
         "the benchmarks package is missing: it lives in benchmarks/ at the root of a segworks "
         f"source checkout (looked in {', '.join(str(c) for c in candidates)}); install segworks "
         "editable from a checkout (pip install -e .) or run segworks bench from its root"
@@ -208,7 +209,7 @@ def selected(only: str | None) -> list[str]:
     names = [name.strip() for name in only.split(",") if name.strip()]
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown or not names:
-        raise ValueError(f"--only {only!r}: expected names from {', '.join(BENCHMARKS)}")
+        raise SegworksError(f"--only {only!r}: expected names from {', '.join(BENCHMARKS)}")
     return names
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from segworks.data.formats import MASK_FORMATS
+from segworks.errors import SegworksError
 
 INSTANCE_KEYS = ('"annotations"', '"regions"', '"_via_img_metadata"')
 
@@ -38,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.fix_list:
+        from segworks.outputs import check_output_file
+
+        check_output_file(args.fix_list, "--fix-list")
     instance_path = _instance_source(args)
     if instance_path is not None:
         return _check_instances(instance_path, args)
@@ -102,7 +107,7 @@ def parse_classes(text: str | None) -> list[str] | None:
         return read_class_names(path)
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
-        raise ValueError(f"--classes: expected a comma list or a file, got {text!r}")
+        raise SegworksError(f"--classes: expected a comma list or a file, got {text!r}")
     return names
 
 
@@ -111,16 +116,25 @@ def _instance_source(args) -> Path | None:
     if args.source is None:
         return None
     path = Path(args.source)
-    if args.task == "instance":
-        return path
+    if args.task == "instance":  # the flag never loses what detection finds
+        return (_instance_json_in(path) or path) if path.is_dir() else path
     if path.is_file() and path.suffix.lower() == ".json":
         return path if _is_instance_json(path) else None
     if path.is_dir() and not _has_masks(path):
-        found = sorted(
-            p for p in [*path.glob("*.json"), *path.glob("*/*.json")] if _is_instance_json(p)
-        )
+        found = _instance_jsons(path)
         return (found[0] if len(found) == 1 else path) if found else None
     return None
+
+
+def _instance_jsons(folder: Path) -> list[Path]:
+    """Instance annotation files (COCO, VIA) in `folder` or one level down."""
+    candidates = [*folder.glob("*.json"), *folder.glob("*/*.json")]
+    return sorted(p for p in candidates if _is_instance_json(p))
+
+
+def _instance_json_in(folder: Path) -> Path | None:
+    found = _instance_jsons(folder)
+    return found[0] if len(found) == 1 else None
 
 
 def _is_instance_json(path: Path) -> bool:
@@ -149,7 +163,7 @@ def _check_instances(path: Path, args) -> int:
     try:
         from segworks.data.instances import check_instances
     except ImportError as error:
-        raise ValueError(
+        raise SegworksError(
             f"{path} is an instance dataset, and instance checks are unavailable ({error})"
         ) from None
 

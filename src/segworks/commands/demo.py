@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from segworks.config import TrainConfig
+from segworks.errors import SegworksError
+from segworks.outputs import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from segworks.engine.train import train
 
     if args.minutes <= 0:
-        raise ValueError(f"--minutes must be > 0, got {args.minutes}")
-    out = Path(args.out)
+        raise SegworksError(f"--minutes must be > 0, got {args.minutes}")
+    out = check_output_dir(args.out, "--out")
     if args.data:
         data = Path(args.data)
     else:

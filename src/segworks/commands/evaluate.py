@@ -24,6 +24,7 @@ from segworks.commands.predict import (
     resolve_device,
     tta_requested,
 )
+from segworks.errors import SegworksError
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from segworks.checkpoint import load_checkpoint
 
+    check_outputs(args)
     checkpoint = load_checkpoint(args.checkpoint)
     if checkpoint_task(checkpoint, args.checkpoint) == "instance":
         from segworks.engine.instance import run_eval
@@ -97,6 +99,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output location is writable before the evaluation runs."""
+    from segworks.outputs import check_output_dir, check_output_file
+
+    for flag in ("json", "csv", "confusion_png"):
+        if getattr(args, flag, None):
+            check_output_file(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    if getattr(args, "report", None):
+        check_output_dir(args.report, "--report")
+
+
 def open_split(args: argparse.Namespace, checkpoint: dict):
     """The dataset of --split, opened as the checkpoint was trained; class counts must agree."""
     from segworks.data import DatasetMeta, open_source
@@ -105,7 +118,7 @@ def open_split(args: argparse.Namespace, checkpoint: dict):
     trained = DatasetMeta.from_dict(checkpoint["meta"])
     source = args.data if args.data is not None else args.train_images
     if source is None:
-        raise ValueError("name the data: --data DIR|SPEC, or -tt LIST -tr IMAGES -ta LABELS")
+        raise SegworksError("name the data: --data DIR|SPEC, or -tt LIST -tr IMAGES -ta LABELS")
     opened = open_source(
         source,
         list_file=args.train_list,
@@ -122,7 +135,7 @@ def open_split(args: argparse.Namespace, checkpoint: dict):
     if args.max_images is not None:
         dataset.samples = dataset.samples[: max(0, args.max_images)]
     if len(dataset) == 0:
-        raise ValueError(f"split {args.split!r} of {source} holds no image")
+        raise SegworksError(f"split {args.split!r} of {source} holds no image")
     return dataset, trained
 
 
@@ -133,7 +146,9 @@ def _pick_split(args: argparse.Namespace, splits: dict) -> str:
     if args.split in splits:
         return args.split
     known = ", ".join(splits) or "none"
-    raise ValueError(f"split {args.split!r} not found in the data (splits: {known}); use --split")
+    raise SegworksError(
+        f"split {args.split!r} not found in the data (splits: {known}); use --split"
+    )
 
 
 def check_classes(trained, data, checkpoint_path, source) -> None:
@@ -144,7 +159,7 @@ def check_classes(trained, data, checkpoint_path, source) -> None:
                     source, data.num_classes, trained.num_classes)  # fmt: skip
         return
     if trained.num_classes != data.num_classes:
-        raise ValueError(
+        raise SegworksError(
             f"class count mismatch: checkpoint {checkpoint_path} predicts "
             f"{trained.num_classes} classes ({', '.join(trained.class_names)}) but {source} "
             f"has {data.num_classes} ({', '.join(data.class_names)})"

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from segworks.errors import SegworksError
+
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     from segworks.checkpoint import load_checkpoint, model_from_checkpoint
     from segworks.errors import DataError
     from segworks.export import ParityError, export_instance_model, export_model
+    from segworks.outputs import check_output_file
 
+    check_output_file(args.out, "--out")
     checkpoint = load_checkpoint(args.checkpoint)
     meta = checkpoint.get("meta")
     if not isinstance(meta, dict):
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if _is_instance(checkpoint):
             if args.format != "onnx":
-                raise ValueError("Mask R-CNN export supports --format onnx only")
+                raise SegworksError("Mask R-CNN export supports --format onnx only")
             report = export_instance_model(
                 model,
                 args.out,

@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Callable
 
+from segworks.errors import SegworksError
 from segworks.models import MODELS, build_model
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     names = args.names or sorted(MODELS)
     unknown = [name for name in names if name not in MODELS]
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; expected names from {sorted(MODELS)}")
+        raise SegworksError(f"unknown model(s) {unknown}; expected names from {sorted(MODELS)}")
     rows = [describe(name) for name in names]
     if args.detail:
         for row in rows:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from segworks.errors import DataError, SegworksError
+from segworks.outputs import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +170,14 @@ def _pair_flag(values, name: str) -> tuple[int, int] | None:
         return None
     values = [values] if isinstance(values, int) else list(values)
     if len(values) not in (1, 2) or min(values) < 1:
-        raise ValueError(f"{name}: expected N or H W (positive), got {values}")
+        raise SegworksError(f"{name}: expected N or H W (positive), got {values}")
     return (values[0], values[-1])
 
 
 # --------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
     _split_paths(args)
+    check_output_dir(args.out, "--out")
     if args.onnx:
         from segworks.onnx_predict import predict_onnx
 
@@ -190,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
         return int(run_predict(args) or 0)
     if not 0 <= args.alpha <= 1:
-        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
+        raise SegworksError(f"--alpha must be in [0, 1], got {args.alpha}")
     options = inference_options(args, checkpoint, tta=tta_requested(args))
     if options.long_side and options.size is None:
         print(f"inputs are resized to a longer side of {options.long_side} px (the checkpoint's "
@@ -199,6 +201,22 @@ def run(args: argparse.Namespace) -> int:
     predictor, meta = build_predictor(checkpoint, args.checkpoint, options, resolve_device(args))
     items = collect_inputs(args.inputs)
     writer = Writer(Path(args.out), meta, alpha=args.alpha, legend=not args.no_legend)
+    with large_images(options.mode):
+        done = _predict_items(predictor, items, writer, args)
+    print(f"wrote predictions of {done} input(s) to {args.out}")
+    return 0
+
+
+def large_images(mode: str):
+    """Sliding-window prediction is for large images: PIL's 179-megapixel guard is raised."""
+    from contextlib import nullcontext
+
+    from segworks.data.formats import SLIDE_MAX_PIXELS, pixel_limit
+
+    return pixel_limit(SLIDE_MAX_PIXELS) if mode == "slide" else nullcontext()
+
+
+def _predict_items(predictor, items, writer, args: argparse.Namespace) -> int:
     images = [item for item in items if not item.video]
     done = predict_images(
         predictor, images, writer, batch_size=args.batch_size, skip_bad=args.skip_bad
@@ -207,8 +225,7 @@ def run(args: argparse.Namespace) -> int:
         if item.video:
             predict_video(predictor, item, writer, batch_size=args.batch_size)
             done += 1
-    print(f"wrote predictions of {done} input(s) to {args.out}")
-    return 0
+    return done
 
 
 def check_num_classes(given: int | None, checkpoint: dict, path: str | Path) -> None:
@@ -234,13 +251,13 @@ def _split_paths(args: argparse.Namespace) -> None:
         args.checkpoint = args.weights
     else:
         if not paths:
-            raise ValueError("expected a checkpoint and at least one input")
+            raise SegworksError("expected a checkpoint and at least one input")
         args.checkpoint = paths.pop(0)
     args.inputs = paths + list(args.input)
     if not args.inputs:
-        raise ValueError("no input given: name image files, folders, globs or videos")
+        raise SegworksError("no input given: name image files, folders, globs or videos")
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise SegworksError(f"--batch-size must be >= 1, got {args.batch_size}")
 
 
 # --------------------------------------------------------------------------- inputs

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from segworks.config import LOSSES, OPTIMIZERS, SCHEDULES, TASKS, TrainConfig
+from segworks.errors import SegworksError
 from segworks.recipes import RECIPES, recipe_settings
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("-tr", "--train-images", metavar="DIR", help="image directory (seed)")
     data.add_argument("-ta", "--train-annotations", metavar="DIR", help="mask directory (seed)")
     data.add_argument("-n", "--num-classes", type=int, help="class count, checked against the data")
-    data.add_argument("--task", choices=TASKS, help="default: what the data says (semantic)")
+    data.add_argument("--task", choices=TASKS, help="default: what the data says")
     data.add_argument("--mask-format", help="palette|index|binary|rgb|npy|labelme (default auto)")
     data.add_argument("--ignore-index", type=int, help="the void value in the mask files")
     data.add_argument("--class-names", type=_names, help="comma-separated class names")
@@ -130,6 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run directory")
     run.add_argument("--out", metavar="RUN_DIR", help="default runs/<model>-<time>")
     run.add_argument("--resume", metavar="RUN_DIR|CKPT", help="continue an interrupted run")
+    run.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     run.add_argument("--patience", type=int, help="early stop after N epochs without progress")
     run.add_argument("--snapshot-every", type=int, metavar="N", help="epoch_N.pt (default 10)")
 
@@ -146,10 +148,12 @@ def run(args: argparse.Namespace) -> int:
     if args.task == "instance":
         from segworks.engine.instance import run_train
 
+        check_out(args.out or "runs/instance", resume=args.resume, overwrite=args.overwrite)
         return int(run_train(args) or 0)
     from segworks.engine.train import TrainingDiverged, train
 
     cfg = config_from_args(args)
+    check_out(cfg.out, resume=cfg.resume, overwrite=args.overwrite)
     try:
         run_dir = train(cfg)
     except TrainingDiverged as error:
@@ -158,6 +162,16 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         report(run_dir)
     return 0
+
+
+def check_out(out: str, *, resume: str | None, overwrite: bool) -> None:
+    """The run folder is writable, and holds no other run unless resumed or overwritten."""
+    from segworks.outputs import check_output_dir, check_run_dir
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # rank 0 checks, before any rank writes
+    check_output_dir(out, "--out")
+    check_run_dir(out, resume=bool(resume), overwrite=overwrite)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -197,7 +211,7 @@ def _resume_config(resume: str, given: dict[str, Any]) -> TrainConfig:
 
     saved = load_checkpoint(resume_path(resume)).get("config")
     if not isinstance(saved, dict):
-        raise ValueError(f"--resume {resume}: the checkpoint holds no training config")
+        raise SegworksError(f"--resume {resume}: the checkpoint holds no training config")
     ignored = sorted(set(given) - set(RESUME_OVERRIDES) - {"resume"})
     if ignored:
         log.warning("--resume: using the run's own settings; ignoring --%s",
@@ -216,7 +230,7 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
-            raise ValueError(
+            raise SegworksError(
                 f"--model-arg expects KEY=VALUE with a Python name as KEY, got {item!r}"
             )
         kwargs[key] = yaml.safe_load(value)
@@ -225,7 +239,7 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
 
 def _eval_size(values: list[int]) -> int | tuple[int, int]:
     if len(values) not in (1, 2):
-        raise ValueError(f"--eval-size takes N or H W, got {len(values)} numbers")
+        raise SegworksError(f"--eval-size takes N or H W, got {len(values)} numbers")
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 

@@ -51,6 +51,33 @@ def missing_file_problems(samples: list[Sample]) -> list[tuple[int, DataError]]:
     return problems
 
 
+def pair_header_check(sample: Sample) -> None:
+    """Both files' headers are readable and the mask (if any) has the image's size."""
+    height, width = image_size(sample.image)
+    if sample.label is None:
+        return
+    mask_height, mask_width = mask_size(sample.label)
+    if (mask_height, mask_width) != (height, width):
+        raise DataError(
+            sample.label,
+            f"mask size {mask_width}x{mask_height} differs from image {sample.image.name} size "
+            f"{width}x{height} (W x H)",
+        )
+
+
+def mask_size(path: Path) -> tuple[int, int]:
+    """(H, W) of a mask file from its header: image files, labelme JSON and .npy arrays."""
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        return image_size(path)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise DataError(path, f"cannot load .npy array ({error})") from None
+    shape = array.shape[1:] if array.ndim == 3 and array.shape[0] == 1 else array.shape[:2]
+    return int(shape[0]), int(shape[1])
+
+
 class SegmentationDataset(Dataset):
     """(image, label) pairs. read() gives the RGB PIL image and int64 (H, W) labels with void
     mapped to 255 at the original size; __getitem__ applies the paired transform (by default
@@ -130,6 +157,25 @@ class SegmentationDataset(Dataset):
                     raise
                 log.warning("skipping a bad pair: %s", error)
                 errors.append(error)
+        self.samples, self.bad = good, {}
+        return errors
+
+    def check_headers(self) -> list[DataError]:
+        """Read every pair's headers (not the pixels): an unreadable file or a mask whose size
+        differs from its image raises DataError, or with skip_bad drops the pair with a
+        warning. Training calls this before its first step, so no epoch meets a bad pair late."""
+        errors, good = [], []
+        for sample in self.samples:
+            try:
+                pair_header_check(sample)
+                good.append(sample)
+            except DataError as error:
+                if not self.skip_bad:
+                    raise
+                log.warning("skipping a bad pair: %s", error)
+                errors.append(error)
+        if not good and self.samples:
+            raise DataError(self.samples[0].image, "no readable pair left in the dataset")
         self.samples, self.bad = good, {}
         return errors
 

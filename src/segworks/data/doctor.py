@@ -24,6 +24,8 @@ from segworks.data.layouts import DatasetSource
 from segworks.errors import DataError
 from segworks.fileio import save_text
 
+SHOWN_PROBLEMS = 20  # the text report lists the first ones; --json has them all
+
 
 @dataclass
 class Problem:
@@ -328,7 +330,10 @@ def format_report(report: Report) -> str:
     lines += _histogram_lines(report)
     if report.problems:
         lines.append(f"problems ({len(report.problems)}):")
-        lines += [f"  {problem}" for problem in report.problems]
+        lines += [f"  {problem}" for problem in report.problems[:SHOWN_PROBLEMS]]
+        hidden = len(report.problems) - SHOWN_PROBLEMS
+        if hidden > 0:
+            lines.append(f"  ... and {hidden} more (--json lists every one)")
     else:
         lines.append("problems: none; the dataset is usable")
     return "\n".join(lines)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from segworks.errors import DataError
 from segworks.fileio import atomic_path, save_image, save_json
 
 MASK_FORMATS = ("palette", "index", "binary", "rgb", "npy", "labelme")
+SLIDE_MAX_PIXELS = 2_000_000_000  # sliding-window prediction reads images up to this size
 Colour = tuple[int, int, int]
 
 LABELME_IGNORE = "__ignore__"
@@ -52,8 +54,31 @@ def open_image(path: Path) -> Image.Image:
         return image
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
+    except Image.DecompressionBombError:
+        raise DataError(path, _too_large()) from None
     except PIL_ERRORS as error:
         raise DataError(path, f"cannot decode image ({error})") from None
+
+
+def _too_large() -> str:
+    limit = (Image.MAX_IMAGE_PIXELS or 0) * 2 // 1_000_000
+    if limit >= SLIDE_MAX_PIXELS // 1_000_000:
+        return f"the image is over the {limit}-megapixel cap of sliding-window prediction"
+    return (
+        f"the image is over the {limit}-megapixel limit for reading it whole; predict it with "
+        f"--mode slide --tile H W (up to {SLIDE_MAX_PIXELS // 1_000_000} megapixels)"
+    )
+
+
+@contextmanager
+def pixel_limit(pixels: int) -> Iterator[None]:
+    """Let PIL open images of up to `pixels` (its own guard stops at 2 x MAX_IMAGE_PIXELS)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(saved or 0, pixels // 2)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -67,6 +92,8 @@ def image_size(path: Path) -> tuple[int, int]:
             width, height = image.size
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
+    except Image.DecompressionBombError:
+        raise DataError(path, _too_large()) from None
     except PIL_ERRORS as error:
         raise DataError(path, f"cannot read image header ({error})") from None
     return height, width
@@ -242,6 +269,7 @@ class MaskDecoder:
     colour_map: dict[Colour, int] = field(default_factory=dict)
     class_ids: dict[str, int] = field(default_factory=dict)
     foreground: int | None = None
+    threshold: int | None = None  # lossy (JPEG) binary masks: grey >= threshold is foreground
 
     def __post_init__(self) -> None:
         if self.mask_format not in MASK_FORMATS:
@@ -259,6 +287,8 @@ class MaskDecoder:
     def decode(self, path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
         """Decode without checking the value range (check-data uses it to count every value)."""
         path = Path(path)
+        if self.threshold is not None and self.mask_format == "binary":
+            return read_thresholded(path, self.threshold)
         if self.mask_format == "labelme":
             labels = rasterize_labelme(path, self.class_ids, size)
         elif self.mask_format == "rgb":
@@ -297,6 +327,12 @@ class MaskDecoder:
                 path,
                 f"label values {shown} outside the {count} classes 0..{count - 1} (255 = ignore)",
             )
+
+
+def read_thresholded(path: Path, threshold: int) -> np.ndarray:
+    """A binary mask saved lossily (JPEG): grey >= threshold -> 1 (foreground), else 0."""
+    grey = np.asarray(open_image(Path(path)).convert("L"))
+    return (grey >= threshold).astype(np.int64)
 
 
 def decode_binary(values: np.ndarray, foreground: int | None = None) -> np.ndarray:

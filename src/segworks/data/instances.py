@@ -53,7 +53,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from segworks import IGNORE_INDEX
-from segworks.errors import DataError
+from segworks.errors import DataError, SegworksError
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class InstanceSet:
     def split(self, val_fraction: float, *, seed: int = 0) -> tuple[list[int], list[int]]:
         """Random (train, val) record indices; at least one of each when there are 2 records."""
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise SegworksError(f"val_fraction must be in [0, 1), got {val_fraction}")
         order = torch.randperm(len(self.records), generator=torch.Generator().manual_seed(seed))
         n_val = round(len(self.records) * val_fraction)
         if val_fraction > 0 and len(self.records) > 1:
@@ -329,6 +329,9 @@ def read_via(path: Path, reader: _Reader, class_name: str | None = None) -> Inst
         regions = list(regions.values()) if isinstance(regions, dict) else list(regions)
         parsed.append((image_id, entry, regions))
     names = sorted({_via_class(r, default) for _, _, regions in parsed for r in regions})
+    if default in names and class_name is None:
+        log.warning("%s: VIA regions without a name/class/label attribute are class %r, "
+                    "named after the folder %s", path, default, path.parent)  # fmt: skip
     names = names or [default]
     label_of = {name: index + 1 for index, name in enumerate(names)}
     records = []
@@ -353,7 +356,8 @@ def read_via(path: Path, reader: _Reader, class_name: str | None = None) -> Inst
 
 def _folder_class(path: Path) -> str:
     folder = path.parent
-    if folder.name.lower() in ("train", "val", "valid", "test") and folder.parent.name:
+    splits = ("train", "training", "val", "valid", "validation", "test", "testing")
+    if folder.name.lower() in splits and folder.parent.name:
         folder = folder.parent
     return folder.name or "object"
 
@@ -456,7 +460,7 @@ def read_instances(
     if fmt == "auto":
         fmt, source = detect_format(source)
     elif fmt not in FORMATS:
-        raise ValueError(f"instance format must be 'auto' or one of {FORMATS}, got {fmt!r}")
+        raise SegworksError(f"instance format must be 'auto' or one of {FORMATS}, got {fmt!r}")
     reader = _Reader(source)
     if fmt == "coco":
         result = read_coco(source, Path(images) if images else None, reader)
@@ -614,7 +618,7 @@ def semantic_from_instances(
     if masks.ndim == 4:  # model outputs (N, 1, H, W) probabilities
         masks = masks[:, 0] > 0.5
     if masks.shape[0] == 0 and (height is None or width is None):
-        raise ValueError("semantic_from_instances needs height and width for an empty target")
+        raise SegworksError("semantic_from_instances needs height and width for an empty target")
     shape = masks.shape[-2:] if masks.shape[0] else (height, width)
     semantic = torch.zeros(shape, dtype=torch.int64)
     crowd = target.get("iscrowd", torch.zeros(len(masks), dtype=torch.int64))

@@ -58,13 +58,25 @@ from segworks.data.formats import (
     read_palette,
 )
 from segworks.data.meta import DatasetMeta, voc_palette
-from segworks.errors import DataError
+from segworks.errors import DataError, SegworksError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".npy", ".json")
-SPLIT_NAMES = ("train", "trainval", "val", "valid", "validation", "test")
+MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".npy", ".json", ".jpg", ".jpeg")
+LOSSY_EXTS = (".jpg", ".jpeg")
+LOSSY_NEAR = 64  # a lossy binary mask's values lie within this of 0 or of 255
+LOSSY_THRESHOLD = 128
+SPLIT_NAMES = (
+    "train", "training", "trainval", "val", "valid", "validation", "test", "testing",
+)  # fmt: skip
+# Split folder names read as the usual split (train uses "val" for validation).
+SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}
+SPEC_KEYS = (
+    "root", "mask_format", "task", "class_names", "classes_file", "palette", "colour_map",
+    "color_map", "ignore_index", "reduce_zero_label", "splits",
+)  # fmt: skip
+SPLIT_KEYS = ("list", "images", "masks", "labels", "annotations")
 IMAGE_DIRS = ("images", "image", "imgs", "img", "jpegimages", "inputs", "input", "rgb")
 MASK_DIRS = (
     "seg_images", "masks", "mask", "labels", "label", "annotations", "annotation", "annot",
@@ -103,6 +115,7 @@ class DatasetSource:
     list_kind: str = ""
     probed_values: list[int] = field(default_factory=list)
     binary_foreground: int | None = None
+    mask_threshold: int | None = None  # lossy (JPEG) binary masks are thresholded
 
     def decoder(self) -> MaskDecoder:
         class_ids = (
@@ -117,6 +130,7 @@ class DatasetSource:
             colour_map=dict(self.colour_map),
             class_ids=class_ids,
             foreground=self.binary_foreground,
+            threshold=self.mask_threshold,
         )
 
     def dataset(
@@ -125,7 +139,7 @@ class DatasetSource:
         if isinstance(split_or_samples, str):
             if split_or_samples not in self.splits:
                 known = ", ".join(self.splits) or "none"
-                raise ValueError(f"split {split_or_samples!r} not found (splits: {known})")
+                raise SegworksError(f"split {split_or_samples!r} not found (splits: {known})")
             samples = self.splits[split_or_samples]
         else:
             samples = list(split_or_samples)
@@ -167,10 +181,12 @@ def open_source(
     reduce_zero_label: bool = False,
     palette: list[Colour] | None = None,
     colour_map: dict[Colour, int] | None = None,
+    allow_unlabelled: bool = False,
 ) -> DatasetSource:
     """Find the pairs of `source` (see the module docstring) and settle the mask encoding,
     classes, palette and void value. Explicit arguments win over a spec file, which wins over
-    what is detected."""
+    what is detected. Without a single mask file the source is refused (DataError) unless
+    `allow_unlabelled` (images read with all-ignore labels)."""
     listing = _list_pairs(source, list_file, image_dir, label_dir)
     spec = listing.spec
     options = {
@@ -180,6 +196,7 @@ def open_source(
         "reduce_zero_label": reduce_zero_label or bool(spec.get("reduce_zero_label", False)),
         "palette": palette or _spec_palette(spec),
         "colour_map": dict(colour_map or {}) or _spec_colour_map(spec),
+        "allow_unlabelled": allow_unlabelled,
     }
     names, names_from = _given_names(class_names, spec, listing)
     return _settle(listing, options, names, names_from)
@@ -188,18 +205,23 @@ def open_source(
 def _settle(listing: _Listing, options: dict, names, names_from: str) -> DatasetSource:
     task = options["task"]
     if task not in (None, "semantic", "binary"):
-        raise ValueError(f"task must be 'semantic' or 'binary' here, got {task!r}")
+        raise SegworksError(f"task must be 'semantic' or 'binary' here, got {task!r}")
     masks = [s.label for s in _all(listing.splits) if s.label is not None]
     fmt = options["mask_format"]
     if fmt != "auto" and fmt not in MASK_FORMATS:
-        raise ValueError(
+        raise SegworksError(
             f"mask format must be auto or one of {', '.join(MASK_FORMATS)}, got {fmt!r}"
         )
+    if not options["allow_unlabelled"]:
+        _require_masks(listing, masks)
     probe = _probe(masks, fmt)
+    lossy = _lossy_binary(masks, fmt, probe)
     if fmt == "auto":
-        fmt = _guess_format(masks, probe)
+        fmt = "binary" if lossy else _guess_format(masks, probe)
     if task is None:
         task = _guess_task(fmt, probe, names)
+    elif task == "binary" and fmt != "binary":
+        _warn_merged_classes(probe, names)
     colour_map = _colour_map(fmt, options, probe, masks)
     if names is None:
         names, names_from = _default_names(listing, fmt, task, probe, colour_map, masks)
@@ -230,7 +252,58 @@ def _settle(listing: _Listing, options: dict, names, names_from: str) -> Dataset
         list_kind=listing.list_kind,
         probed_values=sorted(probe["values"]),
         binary_foreground=(1 if 1 in probe["values"] else 255) if fmt == "binary" else None,
+        mask_threshold=LOSSY_THRESHOLD if lossy else None,
     )
+
+
+def _require_masks(listing: _Listing, masks: list[Path]) -> None:
+    """A dataset whose pairs have no mask file at all cannot be trained or checked."""
+    if any(path.is_file() for path in masks):
+        return
+    count = len(_all(listing.splits))
+    found = f"{len(masks)} mask paths, none of them a file" if masks else "no mask folder"
+    raise DataError(
+        listing.root,
+        f"no mask file found for the {count} images ({found}); put the masks in a folder named "
+        f"{', '.join(MASK_DIRS[:5])}, ... beside the images, or name them in a segworks.yaml "
+        "spec file (splits: {train: {images: DIR, masks: DIR}})",
+    )
+
+
+def _lossy_binary(masks: list[Path], fmt: str, probe: dict) -> bool:
+    """Binary masks saved lossily (JPEG): values cluster near 0 and near 255 instead of being
+    exactly 0 and 255. They are thresholded at LOSSY_THRESHOLD, with a warning."""
+    if fmt not in ("auto", "binary") or not masks or probe["colours"]:
+        return False
+    values = probe["values"]
+    low = {v for v in values if v < LOSSY_NEAR}
+    high = {v for v in values if v > 255 - LOSSY_NEAR}
+    jpeg = _dominant_suffix(masks) in LOSSY_EXTS
+    clustered = bool(low) and bool(high) and low | high == values
+    if not clustered or not (jpeg or len(high) > 1):
+        if jpeg:
+            log.warning("%s: JPEG masks are lossy; label values may be changed near edges "
+                        "(save masks as PNG)", masks[0].parent)  # fmt: skip
+        return False
+    log.warning(
+        "%s: the masks look lossy (%s, values %d..%d and %d..%d): read as binary, "
+        "thresholded at %d",
+        masks[0].parent, "JPEG" if jpeg else "values near 0 and 255", min(low), max(low),
+        min(high), max(high), LOSSY_THRESHOLD,
+    )  # fmt: skip
+    return True
+
+
+def _warn_merged_classes(probe: dict, names: list[str] | None) -> None:
+    """--task binary on multi-class masks: every class above 0 becomes foreground."""
+    merged = sorted(v for v in probe["values"] if 0 < v != IGNORE_INDEX)
+    if len(merged) < 2:
+        return
+    if names and len(names) > max(merged):
+        shown = ", ".join(f"{v} ({names[v]})" for v in merged)
+    else:
+        shown = ", ".join(str(v) for v in merged)
+    log.warning("--task binary: classes %s are merged into one foreground class", shown)
 
 
 def _all(splits: dict[str, list[Sample]]) -> list[Sample]:
@@ -241,10 +314,10 @@ def _all(splits: dict[str, list[Sample]]) -> list[Sample]:
 def _list_pairs(source, list_file, image_dir, label_dir) -> _Listing:
     if list_file is not None:
         if image_dir is None:
-            raise ValueError("a list file (-tt) needs the image folder (-tr) too")
+            raise SegworksError("a list file (-tt) needs the image folder (-tr) too")
         return _stem_list(Path(list_file), Path(image_dir), label_dir and Path(label_dir), "train")
     if source is None:
-        raise ValueError("give a dataset folder, spec file or list file (or -tt/-tr/-ta)")
+        raise SegworksError("give a dataset folder, spec file or list file (or -tt/-tr/-ta)")
     path = Path(source)
     if not path.exists():
         raise DataError(path, "no such file or folder")
@@ -253,6 +326,8 @@ def _list_pairs(source, list_file, image_dir, label_dir) -> _Listing:
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         return _spec_listing(path)
     if path.suffix.lower() == ".txt":
+        if not _is_pair_list(path):
+            raise DataError(path, "not a pair list: expected 'IMAGE MASK' paths on each line")
         split = path.stem if path.stem in SPLIT_NAMES else "train"
         listing = _pair_lists(path.parent, {split: path})
         listing.segnet = _is_segnet(path.parent)
@@ -303,13 +378,13 @@ def _split_dirs(root: Path) -> _Listing | None:
             continue
         annot = root / f"{name}annot"
         if annot.is_dir():
-            splits[name] = _pair_folders(folder, annot)
+            splits[SPLIT_ALIASES.get(name, name)] = _pair_folders(folder, annot)
             layouts.add("image-label-dirs")
             segnet = True
             continue
         found = _folder_pairs(folder, name) or _labelme_dir(folder, name)
         if found is not None:
-            splits[name] = found.splits[name]
+            splits[SPLIT_ALIASES.get(name, name)] = found.splits[name]
             layouts.add(found.layout)
             class_dirs.append(folder)
     if not splits:
@@ -534,7 +609,23 @@ def load_spec(path: Path) -> dict:
         raise DataError(path, f"cannot parse the spec file ({error})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("splits"), dict):
         raise DataError(path, "a spec file is a mapping with a 'splits' mapping")
+    _check_keys(path, "", spec, SPEC_KEYS)
+    for split, entry in spec["splits"].items():
+        if isinstance(entry, dict):
+            _check_keys(path, f"split {split!r}: ", entry, SPLIT_KEYS)
     return spec
+
+
+def _check_keys(path: Path, where: str, mapping: dict, valid: tuple[str, ...]) -> None:
+    """An unknown key is an error naming it and the nearest valid key (a typo loses data)."""
+    import difflib
+
+    for key in mapping:
+        if str(key) in valid:
+            continue
+        near = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise DataError(path, f"{where}unknown key {key!r}{hint} (valid keys: {', '.join(valid)})")
 
 
 def _spec_listing(path: Path) -> _Listing:
@@ -596,7 +687,7 @@ def parse_colour(text: str) -> Colour:
     except ValueError:
         values = ()
     if len(values) != 3 or not all(0 <= v <= 255 for v in values):
-        raise ValueError(f"a colour is 'r,g,b' with values 0..255 or '#rrggbb', got {text!r}")
+        raise SegworksError(f"a colour is 'r,g,b' with values 0..255 or '#rrggbb', got {text!r}")
     return values
 
 
@@ -642,7 +733,9 @@ def _binary_names(names: list[str], names_from: str) -> tuple[list[str], str]:
     if len(names) == 2:
         return names, names_from
     if names_from == "given":
-        raise ValueError(f"a binary task has 2 class names (background, foreground), got {names}")
+        raise SegworksError(
+            f"a binary task has 2 class names (background, foreground), got {names}"
+        )
     return ["background", "foreground"], "binary"
 
 
@@ -672,7 +765,8 @@ def _probe(masks: list[Path], fmt: str) -> dict:
         try:
             with Image.open(path) as image:
                 image.load()
-                _probe_image(image, probe)
+                lossy_colour = path.suffix.lower() in LOSSY_EXTS and image.mode != "L"
+                _probe_image(image.convert("L") if lossy_colour else image, probe)
         except (FileNotFoundError, *PIL_ERRORS):
             continue  # reported when the pair is read or checked
     return probe

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from segworks.errors import SegworksError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -40,7 +42,7 @@ class DatasetMeta:
 
     def __post_init__(self) -> None:
         if self.task not in ("semantic", "binary"):
-            raise ValueError(f"task must be 'semantic' or 'binary', got {self.task!r}")
+            raise SegworksError(f"task must be 'semantic' or 'binary', got {self.task!r}")
         if not self.palette:
             self.palette = voc_palette(len(self.class_names))
         self.palette = [tuple(int(v) for v in colour) for colour in self.palette]

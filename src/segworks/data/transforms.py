@@ -18,6 +18,7 @@ from torch import Tensor
 
 from segworks import IGNORE_INDEX
 from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD
+from segworks.errors import SegworksError
 
 Pair = tuple[Image.Image, np.ndarray]
 Size = int | tuple[int, int]
@@ -30,7 +31,7 @@ def _hw(size: Size) -> tuple[int, int]:
     else:
         height, width = (int(v) for v in size)
     if height <= 0 or width <= 0:
-        raise ValueError(f"size must be positive (H, W), got {size!r}")
+        raise SegworksError(f"size must be positive (H, W), got {size!r}")
     return height, width
 
 
@@ -88,7 +89,7 @@ class RandomScaleCrop:
         long_side: int | None = None,
     ):
         if not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range!r}")
+            raise SegworksError(f"scale_range must be 0 < low <= high, got {scale_range!r}")
         self.crop_size = _hw(crop_size)
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.fill = tuple(fill)

@@ -50,7 +50,7 @@ from segworks.data.instances import (
 )
 from segworks.data.meta import voc_palette
 from segworks.devices import gpu_device_name, resolve_device
-from segworks.errors import DataError
+from segworks.errors import DataError, SegworksError
 from segworks.fileio import save_image, save_json, save_text
 from segworks.models import build_model
 from segworks.models.mask_rcnn import CLASSIFIER_PREFIXES, load_weights
@@ -78,7 +78,7 @@ def _device(args) -> torch.device:
 def read_args_data(args, source_name: str = "data") -> InstanceSet:
     source = getattr(args, source_name, None)
     if source is None:
-        raise ValueError(f"--{source_name} is required for instance segmentation")
+        raise SegworksError(f"--{source_name} is required for instance segmentation")
     images = getattr(args, "images", None)
     return read_instances(
         Path(source),
@@ -105,7 +105,7 @@ def model_kwargs_from_args(args, num_classes: int) -> dict:
         if getattr(args, key, None) is not None:
             kwargs[key] = int(getattr(args, key))
     if not name.startswith("maskrcnn"):
-        raise ValueError(f"--task instance needs a maskrcnn_* model, got {name!r}")
+        raise SegworksError(f"--task instance needs a maskrcnn_* model, got {name!r}")
     if getattr(args, "model_arg", None):
         from segworks.commands.train import parse_model_args
 
@@ -119,7 +119,7 @@ def build_instance_model(args, num_classes: int) -> tuple[torch.nn.Module, dict]
     extra = {}
     if getattr(args, "backbone_weights", None):
         if name == "maskrcnn_tiny":
-            raise ValueError("maskrcnn_tiny has no ImageNet backbone; drop --backbone-weights")
+            raise SegworksError("maskrcnn_tiny has no ImageNet backbone; drop --backbone-weights")
         extra["backbone_weights"] = Path(args.backbone_weights)
     weights = getattr(args, "weights", None)
     choice = None if getattr(args, "resume", None) else _pretrained(args, name, kwargs)
@@ -222,7 +222,7 @@ def _optimizer(args, model) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     if name in ("adam", "adamw"):
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"--optimizer must be sgd, adam or adamw, got {name!r}")
+    raise SegworksError(f"--optimizer must be sgd, adam or adamw, got {name!r}")
 
 
 def _scheduler(optimizer, total_steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:

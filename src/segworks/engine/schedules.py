@@ -21,6 +21,8 @@ from collections.abc import Callable
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from segworks.errors import SegworksError
+
 STEP_EPOCHS = (10, 50)
 STEP_EVERY = 100
 POLY_POWER = 0.9
@@ -55,7 +57,7 @@ def warmup_factor(iteration: int, *, warmup: int) -> float:
 def lr_factor(name: str, *, total_steps: int, steps_per_epoch: int, warmup: int = 0) -> Callable:
     """The factor function `iteration -> multiplier of the base lr` of a named schedule."""
     if total_steps < 1 or steps_per_epoch < 1:
-        raise ValueError(
+        raise SegworksError(
             f"total_steps and steps_per_epoch must be >= 1, got {total_steps}, {steps_per_epoch}"
         )
     if name == "step":
@@ -67,7 +69,7 @@ def lr_factor(name: str, *, total_steps: int, steps_per_epoch: int, warmup: int 
     elif name == "constant":
         base = lambda it: 1.0  # noqa: E731
     else:
-        raise ValueError(f"schedule must be one of step, poly, cosine, constant; got {name!r}")
+        raise SegworksError(f"schedule must be one of step, poly, cosine, constant; got {name!r}")
 
     def factor(iteration: int) -> float:
         return warmup_factor(iteration, warmup=warmup) * base(iteration)

@@ -57,8 +57,10 @@ from segworks.data.meta import DatasetMeta
 from segworks.devices import resolve_device
 from segworks.engine import distributed as ddp
 from segworks.engine.schedules import build_scheduler
+from segworks.errors import SegworksError
 from segworks.fileio import save_json, save_text
 from segworks.metrics import ConfusionMatrix
+from segworks.outputs import clear_run
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +177,8 @@ def setup(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device) -> Run:
     else:
         run.rng = rng_state(info)
     if info.is_main:
+        if not cfg.resume:
+            clear_run(run.run_dir)  # --overwrite: nothing of the earlier run survives
         run.run_dir.mkdir(parents=True, exist_ok=True)
         save_json(run_folder_config(cfg, run.run_dir / "config.json"), run.run_dir / "config.json")
         run.writer = tensorboard_writer(cfg, run.run_dir)
@@ -452,12 +456,10 @@ def resume_path(path: str | Path) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise FileNotFoundError(f"--resume {path}: no such run directory or checkpoint file")
+        raise SegworksError(f"--resume {path}: no such run directory or checkpoint file")
     candidates = [p for p in (path / "interrupt.pt", path / "last.pt") if p.is_file()]
     if not candidates:
-        raise FileNotFoundError(
-            f"--resume {path}: the run directory has no last.pt or interrupt.pt"
-        )
+        raise SegworksError(f"--resume {path}: the run directory has no last.pt or interrupt.pt")
     return max(
         candidates,
         key=lambda p: (int(load_checkpoint(p).get("step", -1)), p.name == "interrupt.pt"),
@@ -469,7 +471,9 @@ def restore(run: Run, path: str | Path) -> None:
     checkpoint = load_checkpoint(path)
     for key in ("model", "optimizer", "scheduler", "epoch", "step"):
         if key not in checkpoint:
-            raise ValueError(f"--resume {path}: not a resumable segworks checkpoint (no {key!r})")
+            raise SegworksError(
+                f"--resume {path}: not a resumable segworks checkpoint (no {key!r})"
+            )
     run.bare.load_state_dict(checkpoint["model"])
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -584,6 +588,9 @@ def build_data(cfg: TrainConfig) -> Data:
             size=cfg.eval_size, long_side=cfg.long_side, mean=cfg.mean, std=cfg.std
         )
         val_set = source.dataset(val_samples, transform=transform, skip_bad=cfg.skip_bad)
+    for dataset in (train_set, val_set):
+        if dataset is not None:
+            dataset.check_headers()  # every pair, before the first step (check-data does too)
     weights = median_weights(train_set, meta) if cfg.class_weights == "median" else None
     if cfg.epoch_repeats > 1:
         train_set = ConcatDataset([train_set] * cfg.epoch_repeats)
@@ -597,7 +604,7 @@ def declared_class_names(cfg: TrainConfig, meta: DatasetMeta) -> list[str]:
     if wanted is None or wanted in (meta.num_classes, meta.model_channels):
         return list(meta.class_names)
     if meta.task == "binary" or wanted < meta.num_classes:
-        raise ValueError(
+        raise SegworksError(
             f"-n/--num-classes {wanted} is below what the data holds: it has "
             f"{meta.num_classes} classes ({', '.join(meta.class_names)}); give at least "
             f"{meta.num_classes}"
@@ -611,12 +618,12 @@ def declared_class_names(cfg: TrainConfig, meta: DatasetMeta) -> list[str]:
 def split_samples(cfg: TrainConfig, splits: dict[str, list]) -> tuple[list, list]:
     """The train samples and the val samples: the data's own val split, or a carved fraction."""
     if cfg.train_split not in splits:
-        raise ValueError(
+        raise SegworksError(
             f"the data has no {cfg.train_split!r} split; it has: {', '.join(sorted(splits))}"
         )
     train_samples = list(splits[cfg.train_split])
     if not train_samples:
-        raise ValueError(f"the {cfg.train_split!r} split is empty")
+        raise SegworksError(f"the {cfg.train_split!r} split is empty")
     if cfg.val_name in splits and cfg.val_name != cfg.train_split and splits[cfg.val_name]:
         return train_samples, list(splits[cfg.val_name])
     if cfg.val_split <= 0 or len(train_samples) < 2:

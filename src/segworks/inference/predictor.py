@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD, DatasetMeta
 from segworks.data.transforms import long_side_size
-from segworks.errors import DataError
+from segworks.errors import DataError, SegworksError
 from segworks.inference.sliding_window import iter_blocks, resolve_stride, slide_logits
 from segworks.inference.tta import Forward, check_scales, model_forward, tta_forward
 
@@ -69,9 +69,9 @@ def predict_logits(
     if mode == "whole":
         return forward(image.to(device)).float()
     if mode != "slide":
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise SegworksError(f"mode must be one of {MODES}, got {mode!r}")
     if tile is None:
-        raise ValueError("slide mode needs a tile size (H, W)")
+        raise SegworksError("slide mode needs a tile size (H, W)")
     tile = _pair(tile, "tile")
     step = resolve_stride(tile, overlap=overlap, stride=stride)
     slides = [
@@ -108,17 +108,20 @@ class InferenceOptions:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise SegworksError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "slide" and self.tile is None:
-            raise ValueError("slide mode needs a tile size (--tile H W)")
+            raise SegworksError("slide mode needs a tile size (--tile H W)")
         if self.tile is not None:
             self.tile = _pair(self.tile, "tile")
+            resolve_stride(self.tile, overlap=self.overlap)  # a bad overlap fails before any work
         if self.size is not None:
             self.size = _pair(self.size, "size")
         if self.long_side is not None and self.long_side < 1:
-            raise ValueError(f"long_side must be a positive number of pixels, got {self.long_side}")
+            raise SegworksError(
+                f"long_side must be a positive number of pixels, got {self.long_side}"
+            )
         if not 0 <= self.threshold <= 1:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+            raise SegworksError(f"threshold must be in [0, 1], got {self.threshold}")
         self.tta_scales = check_scales(self.tta_scales)
 
 
@@ -144,7 +147,7 @@ def options_from_checkpoint(
     if mode == "slide" and tile is None:
         tile = config.get("crop_size")
         if tile is None:
-            raise ValueError("slide mode needs a tile size (the checkpoint names no crop size)")
+            raise SegworksError("slide mode needs a tile size (the checkpoint names no crop size)")
     if long_side is None:
         long_side = config.get("long_side")
     if threshold is None:
@@ -183,9 +186,9 @@ class Predictor:
         "bgr" for models imported from Caffe/Chainer/Detectron (their 0..255 mean subtraction
         is mean = m / 255, std = 1 / 255)."""
         if task not in ("semantic", "binary"):
-            raise ValueError(f"Predictor handles 'semantic' or 'binary' models, got {task!r}")
+            raise SegworksError(f"Predictor handles 'semantic' or 'binary' models, got {task!r}")
         if channel_order not in ("rgb", "bgr"):
-            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+            raise SegworksError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
         self.bgr = channel_order == "bgr"
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -332,7 +335,7 @@ class Predictor:
         channels = logits.shape[1]
         if self.task == "binary":
             if channels != 1:
-                raise ValueError(f"a binary model must output 1 channel, got {channels}")
+                raise SegworksError(f"a binary model must output 1 channel, got {channels}")
             prob = torch.sigmoid(logits[0, 0].float())
             labels = (prob > self.options.threshold).to(torch.uint8)
             return Prediction(labels.cpu().numpy(), prob.cpu().numpy())
@@ -350,7 +353,7 @@ def _pair(value: Sequence[int] | int, name: str) -> tuple[int, int]:
     if len(pair) == 1:
         pair = (pair[0], pair[0])
     if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"{name} must be one or two positive ints (H W), got {value}")
+        raise SegworksError(f"{name} must be one or two positive ints (H W), got {value}")
     return pair
 
 
@@ -362,7 +365,7 @@ def _as_uint8(image: ImageInput) -> np.ndarray:
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(
+        raise SegworksError(
             f"expected an RGB image as uint8 (H, W, 3), got {image.dtype} {image.shape}"
         )
     return image

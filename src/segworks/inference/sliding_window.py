@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from segworks.errors import SegworksError
 from segworks.inference.tta import Forward
 
 Prepare = Callable[[Tensor], Tensor]
@@ -99,11 +100,13 @@ def resolve_stride(
         sy, sx = (stride, stride) if isinstance(stride, int) else tuple(stride)
     else:
         if overlap is None or not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+            raise SegworksError(f"overlap must be in [0, 1), got {overlap}")
         sy, sx = (max(1, int(side * (1 - overlap))) for side in tile)
     for step, side in zip((sy, sx), tile):
         if not 1 <= step <= side:
-            raise ValueError(f"stride must be in 1..{side} for a tile side of {side}, got {step}")
+            raise SegworksError(
+                f"stride must be in 1..{side} for a tile side of {side}, got {step}"
+            )
     return int(sy), int(sx)
 
 
@@ -328,17 +331,17 @@ def _check_input(image: Tensor, batch_size: int) -> None:
     if image.ndim != 4 or image.shape[0] != 1:
         raise ValueError(f"image must be (1, C, H, W), got {tuple(image.shape)}")
     if batch_size < 1:
-        raise ValueError(f"tile batch size must be >= 1, got {batch_size}")
+        raise SegworksError(f"tile batch size must be >= 1, got {batch_size}")
 
 
 def _check_margin(
     margin: int, tile: tuple[int, int], stride: tuple[int, int], counts: tuple[int, int]
 ) -> None:
     if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+        raise SegworksError(f"margin must be >= 0, got {margin}")
     for side, step, count in zip(tile, stride, counts):
         if count > 1 and step > side - 2 * margin:
-            raise ValueError(
+            raise SegworksError(
                 f"a margin of {margin} px needs tiles overlapping by >= {2 * margin} px, but a "
                 f"tile side of {side} with stride {step} overlaps by {side - step} px "
                 "(lower the margin or raise the overlap)"

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segworks.errors import SegworksError
+
 Forward = Callable[[Tensor], Tensor]
 
 __all__ = ["Forward", "model_forward", "tta_forward", "tta_logits", "check_scales"]
@@ -40,10 +42,10 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     """The scales as a tuple; ValueError for an empty list or a scale that is not > 0."""
     scales = tuple(float(s) for s in scales)
     if not scales:
-        raise ValueError("TTA scales must not be empty (use 1.0 for the plain size)")
+        raise SegworksError("TTA scales must not be empty (use 1.0 for the plain size)")
     bad = [s for s in scales if not s > 0]
     if bad:
-        raise ValueError(f"TTA scales must be > 0, got {bad}")
+        raise SegworksError(f"TTA scales must be > 0, got {bad}")
     return scales
 
 

@@ -6,10 +6,12 @@ Binary models are semantic models with num_classes=1 (one logit channel).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
 
+from segworks.errors import SegworksError
 from segworks.models import (
     deeplabv3,
     fcn,
@@ -73,5 +75,27 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 def build_model(name: str, **kwargs) -> nn.Module:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
-    return MODELS[name](**kwargs)
+        raise SegworksError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    check_keywords(name, kwargs)
+    try:
+        return MODELS[name](**kwargs)
+    except SegworksError:
+        raise
+    except ValueError as error:  # a builder refusing a value the user gave (--model-arg)
+        raise SegworksError(f"model {name!r}: {error}") from error
+
+
+def check_keywords(name: str, kwargs: dict) -> None:
+    """Refuse keywords the builder of `name` does not take, listing the ones it does."""
+    parameters = inspect.signature(MODELS[name]).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    valid = sorted(
+        p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise SegworksError(
+            f"model {name!r} takes no keyword {', '.join(unknown)} (--model-arg); "
+            f"valid keywords: {', '.join(valid)}"
+        )

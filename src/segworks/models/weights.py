@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from segworks.checkpoint import load_checkpoint
-from segworks.errors import DataError
+from segworks.errors import DataError, SegworksError
 
 __all__ = ["check_state_dict", "load_weights", "read_state_dict"]
 
@@ -94,7 +94,7 @@ def classifier_names(model: nn.Module) -> tuple[str, ...]:
     """Names of the model's final classification modules (its `classifier_names` attribute)."""
     names = getattr(model, "classifier_names", None)
     if names is None:
-        raise ValueError(
+        raise SegworksError(
             f"{type(model).__name__} does not name its classifier modules "
             "(attribute `classifier_names`), so reset_classifier is not available for it"
         )
