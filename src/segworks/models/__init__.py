@@ -12,6 +12,7 @@ from torch import nn
 
 from segworks.models import (
     deeplabv3,
+    deeplabv3plus,
     fcn,
     fcn_resnet,
     mask_rcnn,
@@ -56,6 +57,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3": deeplabv3.deeplabv3,
     "deeplabv3_resnet50": deeplabv3.deeplabv3_resnet50,
     "deeplabv3_resnet101": deeplabv3.deeplabv3_resnet101,
+    # DeepLabV3+ (models/deeplabv3plus.py)
+    "deeplabv3plus": deeplabv3plus.deeplabv3plus,
+    "deeplabv3plus_resnet50": deeplabv3plus.deeplabv3plus_resnet50,
+    "deeplabv3plus_resnet101": deeplabv3plus.deeplabv3plus_resnet101,
+    "deeplabv3plus_mobilenet_v2": deeplabv3plus.deeplabv3plus_mobilenet_v2,
+    "deeplabv3plus_efficientnet_lite0": deeplabv3plus.deeplabv3plus_efficientnet_lite0,
+    "deeplabv3plus_efficientnet_lite2": deeplabv3plus.deeplabv3plus_efficientnet_lite2,
     # instance segmentation: Mask R-CNN (models/mask_rcnn.py)
     "maskrcnn_r50_c4": mask_rcnn.maskrcnn_r50_c4,
     "maskrcnn_r101_c4": mask_rcnn.maskrcnn_r101_c4,
