@@ -69,6 +69,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "maskrcnn_r101_c4": mask_rcnn.maskrcnn_r101_c4,
     "maskrcnn_r50_fpn": mask_rcnn.maskrcnn_r50_fpn,
     "maskrcnn_r101_fpn": mask_rcnn.maskrcnn_r101_fpn,
+    "maskrcnn_r50_fpn_v2": mask_rcnn.maskrcnn_r50_fpn_v2,
+    "maskrcnn_encoder_fpn": mask_rcnn.maskrcnn_encoder_fpn,
+    "maskrcnn_mobilenet_v2_fpn": mask_rcnn.maskrcnn_mobilenet_v2_fpn,
+    "maskrcnn_efficientnet_lite0_fpn": mask_rcnn.maskrcnn_efficientnet_lite0_fpn,
+    "maskrcnn_efficientnet_lite2_fpn": mask_rcnn.maskrcnn_efficientnet_lite2_fpn,
     "maskrcnn_tiny": mask_rcnn.maskrcnn_tiny,
 }
 

@@ -187,6 +187,10 @@ MODEL_ENCODERS = {
     "maskrcnn_r101_c4": "resnet101",
     "maskrcnn_r50_fpn": "resnet50",
     "maskrcnn_r101_fpn": "resnet101",
+    "maskrcnn_r50_fpn_v2": "resnet50",
+    "maskrcnn_mobilenet_v2_fpn": "mobilenet_v2",
+    "maskrcnn_efficientnet_lite0_fpn": "efficientnet_lite0",
+    "maskrcnn_efficientnet_lite2_fpn": "efficientnet_lite2",
 }
 GENERIC_DEFAULTS = {
     "unet_resnet": "resnet34",
@@ -194,6 +198,7 @@ GENERIC_DEFAULTS = {
     "deeplabv3plus": "resnet50",
     "fcn_resnet": "resnet50",
     "refinenet": "resnet101",
+    "maskrcnn_encoder_fpn": "mobilenet_v2",
 }
 
 
