@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segworks.checkpoint import load_checkpoint
+from segworks.cli import main
+from segworks.data.synthetic import write_shapes_dataset
 from segworks.errors import SegworksError
 from segworks.models import MODELS
 from segworks.models.deeplabv3plus import DeepLabV3Plus, deeplabv3plus
@@ -156,3 +159,25 @@ def test_registered_with_their_encoders_and_bad_arguments_are_named():
         deeplabv3plus(num_classes=2, encoder="resnet35")
     with pytest.raises(SegworksError, match="skip_channels must be a positive integer, got 0"):
         deeplabv3plus(num_classes=2, encoder="resnet18", skip_channels=0)
+
+
+def test_cli_trains_deeplabv3plus_from_efficientnet_lite0_imagenet_weights(tmp_path, capsys):
+    """`segworks models` lists it; `segworks train --pretrained efficientnet_lite0` starts from the
+    ImageNet file, normalises with its statistics, and (encoder frozen for the one epoch) keeps
+    those weights exactly."""
+    path = _imagenet_file("efficientnet_lite0")
+    assert main(["models", "deeplabv3plus_efficientnet_lite0"]) == 0
+    assert "DeepLabV3+ on EfficientNet-Lite0" in capsys.readouterr().out
+    data = write_shapes_dataset(tmp_path / "shapes", num_train=4, num_val=2, size=32)
+    out = tmp_path / "run"
+    flags = ["--model", "deeplabv3plus_efficientnet_lite0", "--pretrained", "efficientnet_lite0",
+             "--freeze-backbone-epochs", "1", "--model-arg", "aspp_channels=8",
+             "--model-arg", "decoder_channels=8", "-e", "1", "-b", "2", "--crop-size", "32",
+             "-g", "-1", "--workers", "0", "--no-tensorboard", "--no-progress"]  # fmt: skip
+    assert main(["train", "--data", str(data), "--out", str(out), *flags]) == 0
+    checkpoint = load_checkpoint(out / "last.pt")
+    assert checkpoint["meta"]["mean"] == [0.5, 0.5, 0.5] == checkpoint["meta"]["std"]
+    state = checkpoint["model"]
+    imagenet = read_state_dict(path)
+    torch.testing.assert_close(state["encoder.conv_stem.weight"], imagenet["_conv_stem.weight"])
+    assert not torch.equal(state["classifier.weight"], tiny("efficientnet_lite0").classifier.weight)
