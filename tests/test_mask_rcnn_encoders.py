@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_instance_cli import write_coco
 from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 
+from segworks.checkpoint import load_checkpoint
+from segworks.cli import main
 from segworks.models import MODELS, build_model
 from segworks.models.mask_rcnn import maskrcnn_r50_fpn_v2
 from segworks.models.pretrained import MODEL_ENCODERS, WEIGHTS, status, weights_file
@@ -147,3 +150,24 @@ def test_frozen_batchnorm_keeps_outputs_and_timm_activations():
 def test_registered():
     for name in (*ENCODER_MODELS, "maskrcnn_efficientnet_lite2_fpn", "maskrcnn_r50_fpn_v2"):
         assert name in MODELS and name in MODEL_ENCODERS
+
+
+def test_instance_cli_trains_from_mobilenet_v2_imagenet_weights(tmp_path):
+    """`segworks train --task instance --pretrained mobilenet_v2` on four images, one epoch: the
+    checkpoint holds the frozen-BatchNorm model, which rebuilds from its saved kwargs."""
+    path = _imagenet_file("mobilenet_v2")
+    train = write_coco(tmp_path / "train", 4, seed=0)
+    argv = ["train", "--task", "instance", "--model", "maskrcnn_mobilenet_v2_fpn",
+            "--pretrained", "mobilenet_v2", "--min-size", "64", "--max-size", "64",
+            "--data", str(train), "-e", "1", "-b", "2", "--val-split", "0.5",
+            "--device", "cpu", "--workers", "0", "--no-tensorboard", "--seed", "0",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint["model_kwargs"]["freeze_bn"] is True
+    model = build_model("maskrcnn_mobilenet_v2_fpn", **checkpoint["model_kwargs"])
+    model.load_state_dict(checkpoint["model"])
+    imagenet = read_state_dict(path)
+    # frozen statistics stay as loaded from the ImageNet file
+    loaded = checkpoint["model"]["backbone.body.features.1.conv.0.1.running_var"]
+    torch.testing.assert_close(loaded, imagenet["features.1.conv.0.1.running_var"])
