@@ -11,6 +11,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 
 from segworks.checkpoint import load_checkpoint
 from segworks.cli import main
+from segworks.export import export_instance_model
 from segworks.models import MODELS, build_model
 from segworks.models.mask_rcnn import maskrcnn_r50_fpn_v2
 from segworks.models.pretrained import MODEL_ENCODERS, WEIGHTS, status, weights_file
@@ -171,3 +172,13 @@ def test_instance_cli_trains_from_mobilenet_v2_imagenet_weights(tmp_path):
     # frozen statistics stay as loaded from the ImageNet file
     loaded = checkpoint["model"]["backbone.body.features.1.conv.0.1.running_var"]
     torch.testing.assert_close(loaded, imagenet["features.1.conv.0.1.running_var"])
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_fpn_exports_to_onnx_with_the_same_detections(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("maskrcnn_mobilenet_v2_fpn", num_classes=3, **SMALL).eval()
+    report = export_instance_model(model, tmp_path / "mrcnn.onnx", size=(64, 80), opset=11)
+    first = report["checks"][0]
+    assert report["passed"] and first["detections"] > 0 and first["same_labels"]
+    assert first["max_abs_masks_diff"] < 1e-3
