@@ -28,6 +28,7 @@ from segworks.models.unet import (
     unet_original_output_size,
 )
 
+TINY_DEEPLABV3PLUS = {"aspp_channels": 8, "skip_channels": 4, "decoder_channels": 8}
 SMALL_KWARGS: dict[str, dict] = {
     "tutorial_convnet": {"width": 4},
     "tutorial_upsample": {"width": 4},
@@ -49,6 +50,12 @@ SMALL_KWARGS: dict[str, dict] = {
     "deeplabv3_resnet50": {"output_stride": 16, "aspp_channels": 8},
     "deeplabv3_resnet101": {"output_stride": 16, "aspp_channels": 8},
     "unet_resnet": {"encoder": "resnet18", "decoder_channels": (8, 8, 8, 8, 8)},
+    "deeplabv3plus": {"encoder": "resnet18", **TINY_DEEPLABV3PLUS},
+    "deeplabv3plus_resnet50": TINY_DEEPLABV3PLUS,
+    "deeplabv3plus_resnet101": TINY_DEEPLABV3PLUS,
+    "deeplabv3plus_mobilenet_v2": TINY_DEEPLABV3PLUS,
+    "deeplabv3plus_efficientnet_lite0": TINY_DEEPLABV3PLUS,
+    "deeplabv3plus_efficientnet_lite2": TINY_DEEPLABV3PLUS,
     "fcn_resnet": {"backbone": "resnet18"},
 }
 # Fixed-backbone aliases build full ResNet-50/101/152 encoders (25-60 M parameters). Their code
@@ -63,6 +70,8 @@ ALIASES = {
     "refinenet_seed_resnet152": "refinenet_seed",
     "deeplabv3_resnet50": "deeplabv3",
     "deeplabv3_resnet101": "deeplabv3",
+    "deeplabv3plus_resnet50": "deeplabv3plus",
+    "deeplabv3plus_resnet101": "deeplabv3plus",
     "fcn_resnet50": "fcn_resnet",
     "fcn_resnet101": "fcn_resnet",
     "unet_resnet34": "unet_resnet",

@@ -14,6 +14,7 @@ from torch import nn
 from segworks.errors import SegworksError
 from segworks.models import (
     deeplabv3,
+    deeplabv3plus,
     fcn,
     fcn_resnet,
     mask_rcnn,
@@ -64,11 +65,23 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3": deeplabv3.deeplabv3,
     "deeplabv3_resnet50": deeplabv3.deeplabv3_resnet50,
     "deeplabv3_resnet101": deeplabv3.deeplabv3_resnet101,
+    # DeepLabV3+ (models/deeplabv3plus.py)
+    "deeplabv3plus": deeplabv3plus.deeplabv3plus,
+    "deeplabv3plus_resnet50": deeplabv3plus.deeplabv3plus_resnet50,
+    "deeplabv3plus_resnet101": deeplabv3plus.deeplabv3plus_resnet101,
+    "deeplabv3plus_mobilenet_v2": deeplabv3plus.deeplabv3plus_mobilenet_v2,
+    "deeplabv3plus_efficientnet_lite0": deeplabv3plus.deeplabv3plus_efficientnet_lite0,
+    "deeplabv3plus_efficientnet_lite2": deeplabv3plus.deeplabv3plus_efficientnet_lite2,
     # instance segmentation: Mask R-CNN (models/mask_rcnn.py)
     "maskrcnn_r50_c4": mask_rcnn.maskrcnn_r50_c4,
     "maskrcnn_r101_c4": mask_rcnn.maskrcnn_r101_c4,
     "maskrcnn_r50_fpn": mask_rcnn.maskrcnn_r50_fpn,
     "maskrcnn_r101_fpn": mask_rcnn.maskrcnn_r101_fpn,
+    "maskrcnn_r50_fpn_v2": mask_rcnn.maskrcnn_r50_fpn_v2,
+    "maskrcnn_encoder_fpn": mask_rcnn.maskrcnn_encoder_fpn,
+    "maskrcnn_mobilenet_v2_fpn": mask_rcnn.maskrcnn_mobilenet_v2_fpn,
+    "maskrcnn_efficientnet_lite0_fpn": mask_rcnn.maskrcnn_efficientnet_lite0_fpn,
+    "maskrcnn_efficientnet_lite2_fpn": mask_rcnn.maskrcnn_efficientnet_lite2_fpn,
     "maskrcnn_tiny": mask_rcnn.maskrcnn_tiny,
 }
 

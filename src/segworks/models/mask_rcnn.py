@@ -19,6 +19,16 @@ a list of `{"boxes", "labels", "scores", "masks" (N, 1, H, W) probabilities}`.
   names, so its state dict loads and gives the same detections); `roi_size` is the mask RoIAlign
   size (14 -> 28x28 masks).
 
+- **R-50-FPN v2** (`maskrcnn_r50_fpn_v2`, Li et al., 2021, "Benchmarking Detection Transfer
+  Learning with Vision Transformers"): torchvision's `maskrcnn_resnet50_fpn_v2` module for module
+  (BatchNorm in the FPN and in the heads, a two-convolution RPN head, a four-convolution box
+  head), so the `maskrcnn_r50_fpn_v2.coco` state dict loads.
+- **Encoder-FPN** (`maskrcnn_mobilenet_v2_fpn`, `maskrcnn_efficientnet_lite0_fpn`, ...): any
+  encoder of `segworks.models.encoders`; its 1/4..1/32 levels feed torchvision's FPN (256
+  channels, max-pooled 1/64 level), with torchvision's default RPN and RoI heads. The model
+  normalises inputs with the statistics the encoder's ImageNet weights expect (mean and std 0.5
+  for EfficientNet-Lite, ImageNet's for MobileNetV2 and ResNets).
+
 Options: `gamma` weights the mask loss (the seed's mask loss balancing factor); `freeze_bn=True`
 replaces BatchNorm by `FrozenBatchNorm2d` (fixed statistics and affine, the seed's `--bn2affine`;
 `--freeze-bn` maps to the same), `False` keeps trainable `nn.BatchNorm2d`, and the default
@@ -37,15 +47,21 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models import resnet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import (
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    TwoMLPHead,
+)
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from segworks.checkpoint import read_torch_file
 from segworks.errors import DataError
 from segworks.models.backbones import stride_in_1x1
+from segworks.models.encoders import build_encoder
+from segworks.models.pretrained import WEIGHTS
 
 __all__ = [
     "SegMaskRCNN",
@@ -53,6 +69,11 @@ __all__ = [
     "maskrcnn_r101_c4",
     "maskrcnn_r50_fpn",
     "maskrcnn_r101_fpn",
+    "maskrcnn_r50_fpn_v2",
+    "maskrcnn_encoder_fpn",
+    "maskrcnn_mobilenet_v2_fpn",
+    "maskrcnn_efficientnet_lite0_fpn",
+    "maskrcnn_efficientnet_lite2_fpn",
     "maskrcnn_tiny",
     "load_weights",
     "CLASSIFIER_PREFIXES",
@@ -133,6 +154,40 @@ class TinyTrunk(nn.Sequential):
             ]
         super().__init__(*layers)
         self.out_channels = 4 * width
+
+
+class EncoderFPN(nn.Module):
+    """An encoder's 1/4..1/32 levels through torchvision's FPN: maps "0".."3" and "pool" (1/64)."""
+
+    def __init__(self, encoder: nn.Module, out_channels: int = 256):
+        super().__init__()
+        self.body = encoder
+        self.fpn = FeaturePyramidNetwork(
+            list(encoder.pyramid_channels[1:]), out_channels, extra_blocks=LastLevelMaxPool()
+        )
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        levels = self.body.pyramid(x)[1:]
+        return self.fpn(OrderedDict((str(index), level) for index, level in enumerate(levels)))
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d inside `module` by a frozen copy (fixed statistics and affine):
+    torchvision's FrozenBatchNorm2d, or timm's frozen kind for timm's BatchNormAct2d (which keeps
+    its activation). Returns `module`, changed in place."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.load_state_dict(child.state_dict())
+            setattr(module, name, frozen)
+        elif isinstance(child, nn.BatchNorm2d):
+            from timm.layers import freeze_batch_norm_2d  # only timm's encoders have these
+
+            setattr(module, name, freeze_batch_norm_2d(child))
+        else:
+            freeze_batchnorm(child)
+    return module
 
 
 def load_weights(module: nn.Module, path: str | Path, *, ignore_prefixes: tuple = ()) -> None:
@@ -217,6 +272,32 @@ def fpn_layout(body: resnet.ResNet, num_classes: int, roi_size: int) -> tuple[nn
     return fpn, {"num_classes": num_classes, "mask_roi_pool": mask_roi_pool}
 
 
+def fpn_v2_layout(body: resnet.ResNet, num_classes: int, roi_size: int) -> tuple[nn.Module, dict]:
+    """torchvision's `maskrcnn_resnet50_fpn_v2`: BatchNorm in the FPN, two-convolution RPN head,
+    four 3x3 convolutions and one fully connected layer in the box head, BatchNorm in the mask
+    head."""
+    fpn = BackboneWithFPN(
+        body,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=[256, 512, 1024, 2048],
+        out_channels=256,
+        extra_blocks=LastLevelMaxPool(),
+        norm_layer=nn.BatchNorm2d,
+    )
+    anchors = AnchorGenerator(
+        sizes=((32,), (64,), (128,), (256,), (512,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5
+    )
+    mask_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=roi_size, sampling_ratio=2)
+    return fpn, {
+        "num_classes": num_classes,
+        "rpn_anchor_generator": anchors,
+        "rpn_head": RPNHead(256, anchors.num_anchors_per_location()[0], conv_depth=2),
+        "box_head": FastRCNNConvFCHead((256, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d),
+        "mask_roi_pool": mask_roi_pool,
+        "mask_head": MaskRCNNHeads(256, [256] * 4, 1, norm_layer=nn.BatchNorm2d),
+    }
+
+
 def c4_layout(body: resnet.ResNet, num_classes: int, roi_size: int) -> tuple[nn.Module, dict]:
     """Detectron's C4: res2-res4 as the trunk, res5 shared by the box and mask RoI heads."""
     trunk = nn.Sequential(
@@ -298,6 +379,59 @@ def maskrcnn_r50_fpn(*, num_classes: int, **kwargs) -> SegMaskRCNN:
 def maskrcnn_r101_fpn(*, num_classes: int, **kwargs) -> SegMaskRCNN:
     """Mask R-CNN R-101-FPN: as maskrcnn_r50_fpn on ResNet-101."""
     return maskrcnn_fpn(num_classes=num_classes, backbone="resnet101", **kwargs)
+
+
+def maskrcnn_r50_fpn_v2(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    """Mask R-CNN R-50-FPN v2, module for module torchvision's maskrcnn_resnet50_fpn_v2."""
+    return maskrcnn_resnet(num_classes=num_classes, layout=fpn_v2_layout, **kwargs)
+
+
+def maskrcnn_encoder_fpn(
+    *,
+    num_classes: int,
+    encoder: str = "mobilenet_v2",
+    weights: Path | None = None,
+    backbone_weights: Path | None = None,
+    gamma: float = 1.0,
+    roi_size: int = 14,
+    freeze_bn: bool | None = None,
+    **detector_kwargs,
+) -> SegMaskRCNN:
+    """Mask R-CNN with an FPN over an encoder of `segworks.models.encoders` (1/4..1/32 levels).
+
+    `backbone_weights` is the encoder's ImageNet file; `freeze_bn` as in `maskrcnn_resnet`. The
+    model normalises its input with the statistics of the encoder's registered ImageNet weights
+    (`image_mean` / `image_std` in `detector_kwargs` override them).
+    """
+    body = build_encoder(encoder, weights=backbone_weights)
+    if freeze_bn if freeze_bn is not None else backbone_weights is not None:
+        freeze_batchnorm(body)
+    entry = WEIGHTS.get(encoder)
+    normalise = {"image_mean": list(entry.mean), "image_std": list(entry.std)} if entry else {}
+    mask_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=roi_size, sampling_ratio=2)
+    return _assemble(
+        EncoderFPN(body),
+        weights=weights,
+        gamma=gamma,
+        num_classes=num_classes,
+        mask_roi_pool=mask_roi_pool,
+        **(normalise | detector_kwargs),
+    )
+
+
+def maskrcnn_mobilenet_v2_fpn(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    """Mask R-CNN with an FPN on torchvision's MobileNetV2; arguments as maskrcnn_encoder_fpn."""
+    return maskrcnn_encoder_fpn(num_classes=num_classes, encoder="mobilenet_v2", **kwargs)
+
+
+def maskrcnn_efficientnet_lite0_fpn(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    """Mask R-CNN with an FPN on EfficientNet-Lite0 (timm); arguments as maskrcnn_encoder_fpn."""
+    return maskrcnn_encoder_fpn(num_classes=num_classes, encoder="efficientnet_lite0", **kwargs)
+
+
+def maskrcnn_efficientnet_lite2_fpn(*, num_classes: int, **kwargs) -> SegMaskRCNN:
+    """Mask R-CNN with an FPN on EfficientNet-Lite2 (timm); arguments as maskrcnn_encoder_fpn."""
+    return maskrcnn_encoder_fpn(num_classes=num_classes, encoder="efficientnet_lite2", **kwargs)
 
 
 def maskrcnn_tiny(

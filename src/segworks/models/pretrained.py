@@ -175,6 +175,11 @@ MODEL_ENCODERS = {
     "fcn_resnet101": "resnet101",
     "deeplabv3_resnet50": "resnet50",
     "deeplabv3_resnet101": "resnet101",
+    "deeplabv3plus_resnet50": "resnet50",
+    "deeplabv3plus_resnet101": "resnet101",
+    "deeplabv3plus_mobilenet_v2": "mobilenet_v2",
+    "deeplabv3plus_efficientnet_lite0": "efficientnet_lite0",
+    "deeplabv3plus_efficientnet_lite2": "efficientnet_lite2",
     "refinenet_resnet50": "resnet50",
     "refinenet_resnet101": "resnet101",
     "refinenet_resnet152": "resnet152",
@@ -182,12 +187,18 @@ MODEL_ENCODERS = {
     "maskrcnn_r101_c4": "resnet101",
     "maskrcnn_r50_fpn": "resnet50",
     "maskrcnn_r101_fpn": "resnet101",
+    "maskrcnn_r50_fpn_v2": "resnet50",
+    "maskrcnn_mobilenet_v2_fpn": "mobilenet_v2",
+    "maskrcnn_efficientnet_lite0_fpn": "efficientnet_lite0",
+    "maskrcnn_efficientnet_lite2_fpn": "efficientnet_lite2",
 }
 GENERIC_DEFAULTS = {
     "unet_resnet": "resnet34",
     "deeplabv3": "resnet101",
+    "deeplabv3plus": "resnet50",
     "fcn_resnet": "resnet50",
     "refinenet": "resnet101",
+    "maskrcnn_encoder_fpn": "mobilenet_v2",
 }
 
 
