@@ -356,3 +356,39 @@ def test_pretrained_encoder_learns_newts_where_scratch_does_not(shared_datasets,
         scores[weights] = metrics["iou"][1:]  # the two newt classes
     assert min(scores["efficientnet_lite0"]) > 0.3, scores
     assert max(scores["none"]) < min(scores["efficientnet_lite0"]), scores
+
+
+def test_predict_with_whole_model_weights_needs_no_training(tmp_path, hub, monkeypatch):
+    """`segworks predict --pretrained NAME`: torchvision-layout weights with their class names
+    segment a photo; the labels equal torchvision's own model on the same weights."""
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    torch.manual_seed(0)
+    reference = deeplabv3_resnet50(
+        weights=None, weights_backbone=None, num_classes=21, aux_loss=True
+    )
+    reference.eval()  # the COCO_WITH_VOC_LABELS files hold the auxiliary head too
+    hub.mkdir(parents=True)
+    name = _hashed_file(hub, "tinyvoc", reference.state_dict())
+    voc = WEIGHTS["deeplabv3_resnet50.voc"]
+    entry = PretrainedWeights(
+        name="tiny.voc", kind="model", fits="deeplabv3_resnet50", file_name=name, size_mb=0.0,
+        licence="test", summary="test", url="https://example.invalid/x",
+        class_names=voc.class_names,
+    )  # fmt: skip
+    monkeypatch.setitem(WEIGHTS, "tiny.voc", entry)
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    assert cli(["predict", "--pretrained", "tiny.voc", str(tmp_path / "photo.png"),
+                "--out", str(out)]) == 0  # fmt: skip
+    x = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    with torch.no_grad():
+        expected = reference(x[None])["out"][0].argmax(0).numpy()
+    labels = np.asarray(Image.open(out / "photo_index.png"))
+    assert np.array_equal(labels, expected)
+    legend = Image.open(out / "photo_index.png").getpalette()[:6]
+    assert legend == [0, 0, 0, 128, 0, 0]  # VOC colours: background, aeroplane
+    with pytest.raises(SegworksError, match="not whole-model weights"):
+        pretrained.pretrained_checkpoint("resnet18")

@@ -54,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the checkpoint, as a flag (seed predict.py); then every path is an input",
     )  # fmt: skip
     parser.add_argument(
+        "--pretrained", metavar="NAME",
+        help="whole-model weights from `segworks weights` (e.g. deeplabv3_resnet101.voc) "
+        "instead of a checkpoint: segment with no training; then every path is an input",
+    )  # fmt: skip
+    parser.add_argument(
         "-n", "--num-classes", type=int, help="class count, checked against the checkpoint (seed)"
     )
     parser.add_argument("-o", "--out", default="predictions", help="output folder")
@@ -249,6 +254,10 @@ def _split_paths(args: argparse.Namespace) -> None:
         args.checkpoint = None
     elif args.weights:
         args.checkpoint = args.weights
+    elif args.pretrained:
+        from segworks.models.pretrained import pretrained_checkpoint
+
+        args.checkpoint = str(pretrained_checkpoint(args.pretrained))
     else:
         if not paths:
             raise SegworksError("expected a checkpoint and at least one input")

@@ -371,3 +371,52 @@ def _check_fits(entry: PretrainedWeights, model: str, model_kwargs: dict | None)
             f"--pretrained {entry.name}: these weights fit the {part}, not model {model!r}"
             f"{f' (encoder {encoder})' if encoder else ''}; names that fit it: {names}"
         )
+
+
+# Whole-model weights as a segworks checkpoint -------------------------------------------------
+
+
+def pretrained_checkpoint(name: str, *, download: bool = True) -> Path:
+    """A segworks checkpoint file of whole-model weights `name` (class names, palette and
+    normalisation included), made once beside the downloaded file, so `segworks predict
+    --pretrained NAME` and `segworks eval` run it like a trained model."""
+    entry = WEIGHTS.get(name)
+    if entry is None or entry.kind != "model":
+        models = ", ".join(e.name for e in WEIGHTS.values() if e.kind == "model")
+        raise SegworksError(f"--pretrained {name!r}: not whole-model weights; these are: {models}")
+    source = weights_file(entry, download=download)
+    target = cache_path(entry).with_suffix(".segworks.pt")
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_checkpoint(entry, source, target)
+    return target
+
+
+def _write_checkpoint(entry: PretrainedWeights, source: Path, target: Path) -> None:
+    from segworks.checkpoint import save_checkpoint
+    from segworks.data.meta import voc_palette
+    from segworks.models import build_model
+    from segworks.models.weights import load_weights
+
+    names = ["background", *entry.class_names[1:]]  # torchvision's "__background__"
+    kwargs = {"num_classes": len(names)}
+    model = build_model(entry.fits, **kwargs)
+    load_weights(model, source)
+    meta = {
+        "task": entry.task,
+        "class_names": names,
+        "palette": [list(c) for c in voc_palette(len(names))],
+        "ignore_index": 255,
+        "mean": list(entry.mean),
+        "std": list(entry.std),
+    }
+    if entry.task == "instance":
+        meta["category_ids"] = list(range(1, len(names)))
+    checkpoint = {
+        "model": model.state_dict(),
+        "model_name": entry.fits,
+        "model_kwargs": kwargs,
+        "meta": meta,
+        "config": {"pretrained": entry.name},
+    }
+    save_checkpoint(target, checkpoint)
