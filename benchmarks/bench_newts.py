@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(f"segworks recipe '{args.recipe}'", rows))
     if args.baseline:
         print(table("seed tutorial recipe (64 px, SGD 0.01, 1000 it)", run_all(args, "baseline")))
+    if args.peer:
+        print(table(f"peer: {PEER_TITLE}", run_all(args, "peer")))
     return 0
 
 
@@ -68,6 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once")
     parser.add_argument("--baseline", action="store_true", help="also the tutorial's recipe")
+    parser.add_argument("--peer", choices=("smp",), help="also smp's Unet on the same weights")
     parser.add_argument("--validate", action="store_true", help="score held-out train images")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe setting (JSON value), e.g. --set lr=0.001")  # fmt: skip
@@ -75,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_all(args: argparse.Namespace, which: str) -> list[dict]:
-    work = run_baseline if which == "baseline" else run_recipe
+    work = {"baseline": run_baseline, "peer": run_smp}.get(which, run_recipe)
     context = multiprocessing.get_context("spawn")  # a fresh torch per run: threads, RNG
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         futures = [pool.submit(work, vars(args), seed) for seed in args.seeds]
@@ -150,11 +153,18 @@ def score(checkpoint: Path, dataset, size: tuple[int, int] | None = None) -> dic
     """mIoU and per-class IoU at the original resolution, from the checkpoint alone (at the
     training run's long side, if it had one), plain and with flip TTA (`miou_flip`)."""
     from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+
+    saved = load_checkpoint(checkpoint)
+    return score_model(model_from_checkpoint(saved, checkpoint).eval(), checkpoint, dataset, size)
+
+
+def score_model(model, checkpoint: Path, dataset, size: tuple[int, int] | None = None) -> dict:
+    """`score` of a model given apart from its checkpoint (which holds meta and config)."""
+    from segworks.checkpoint import load_checkpoint
     from segworks.engine.evaluate import evaluate
     from segworks.inference import InferenceOptions
 
     saved = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(saved, checkpoint).eval()
     meta = saved["meta"]
     long_side = (saved.get("config") or {}).get("long_side")
     runs = {
@@ -225,6 +235,81 @@ def load_resized(dataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     to_tensor = ToTensorNormalize()
     pairs = [to_tensor(*resize_pair(*dataset.read(i), (size, size))) for i in range(len(dataset))]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+# --------------------------------------------------------------------------- the peer
+PEER_TITLE = (
+    "smp Unet('tu-tf_efficientnet_lite0') on the same ImageNet weights, trained as smp's examples "
+    "do (Adam 1e-4, Dice loss, constant lr), same images, crops and CPU budget"
+)
+
+
+class PaddedPeer(torch.nn.Module):
+    """smp models need sides divisible by 32: pad (reflect), run, crop; {"out": logits}."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> dict:
+        height, width = x.shape[-2:]
+        pad_h, pad_w = (-height) % 32, (-width) % 32
+        out = self.model(F.pad(x, (0, pad_w, 0, pad_h), mode="reflect"))
+        return {"out": out[..., :height, :width]}
+
+
+def run_smp(options: dict, seed: int) -> dict:
+    """smp's Unet with segworks' EfficientNet-Lite0 ImageNet file, the recipe's data pipeline,
+    and smp's example training loop (Adam 1e-4, multiclass Dice loss), until the CPU budget."""
+    import segmentation_models_pytorch as smp
+
+    from segworks.checkpoint import save_checkpoint
+    from segworks.data import open_source
+    from segworks.engine.distributed import DistInfo
+    from segworks.engine.train import build_data, split_samples, train_loader
+    from segworks.models.encoders import lite_to_timm
+    from segworks.models.pretrained import WEIGHTS, weights_file
+    from segworks.models.weights import read_state_dict
+    from segworks.recipes import recipe_config
+
+    torch.set_num_threads(options["threads"])
+    torch.manual_seed(seed)
+    source = open_source(str(options["data"]))
+    with tempfile.TemporaryDirectory(prefix="bench_newts_") as folder:
+        overrides = run_overrides(options["data"], seed, folder, source)
+        overrides.update(parse_sets(options["set"]), workers=0)
+        overrides["val_split"] = VAL_FRACTION if options["validate"] else 0.0
+        cfg = recipe_config(options["recipe"], **overrides)
+        model = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, classes=3)
+        state = read_state_dict(weights_file(WEIGHTS["efficientnet_lite0"]))
+        depths = [len(stage) for stage in model.encoder.model.blocks]
+        state = {k: v for k, v in lite_to_timm(state, depths).items()
+                 if not k.startswith(("conv_head.", "bn2.", "classifier."))}  # fmt: skip
+        model.encoder.model.load_state_dict(state)
+        peer = PaddedPeer(model).train()
+        optimizer = torch.optim.Adam(peer.parameters(), lr=1e-4)
+        dice = smp.losses.DiceLoss("multiclass", ignore_index=255)
+        data = build_data(cfg)
+        budget = 60 * options["minutes"] * options["threads"]
+        start, steps, epoch = time.process_time(), 0, 0
+        while time.process_time() - start < budget:
+            for images, targets in train_loader(cfg, data.train_set, DistInfo(), epoch):
+                loss = dice(peer(images)["out"], targets)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                steps += 1
+                if time.process_time() - start >= budget:
+                    break
+            epoch += 1
+        cpu = (time.process_time() - start) / 60
+        train_samples, val_samples = split_samples(cfg, source.splits)
+        test = val_samples if options["validate"] else source.splits["test"]
+        path = Path(folder) / "peer.pt"
+        meta = {**source.meta.to_dict(), "mean": list(cfg.mean), "std": list(cfg.std)}
+        save_checkpoint(path, {"peer": True, "meta": meta, "config": {"long_side": cfg.long_side}})
+        scores = score_model(peer.eval(), path, source.dataset(test))
+    return {"seed": seed, "epochs": epoch, "train_min": cpu, "cpu_min": cpu, **scores}
 
 
 # --------------------------------------------------------------------------- report
