@@ -27,6 +27,9 @@ Formats (`fmt`, "auto" tells them apart):
              0 = background, 255 = void), SegmentationClass/*.png (class index per pixel),
              class_names.txt (first line the background). Each instance id is one instance
              whose class is the most frequent class index under it.
+    yolo     YOLO segmentation labels (a data.yaml with `names`, or images/ + labels/*.txt; see
+             segworks.data.yolo): one instance per line, category id k -> label k + 1. Every
+             split the yaml names is read; an image without a label file has no instance.
 
 Targets follow torchvision's contract: boxes (N, 4) float xyxy, labels int64 1..K, masks uint8
 (N, H, W), image_id, iscrowd, area. Images are float 0..1 (3, H, W).
@@ -53,11 +56,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from segworks import IGNORE_INDEX
+from segworks.data import yolo
 from segworks.errors import DataError, SegworksError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("coco", "labelme", "via", "voc")
+FORMATS = ("coco", "labelme", "via", "voc", "yolo")
+FORMAT_NAMES = {"coco": "COCO", "labelme": "labelme", "via": "VIA", "voc": "VOC", "yolo": "YOLO"}
 IGNORE_NAME = "__ignore__"
 SKIPPED_NAMES = {"_background_", "__background__", IGNORE_NAME}
 IGNORE_LABEL = 0  # the label of an ignore region (always iscrowd=1)
@@ -413,6 +418,41 @@ def read_voc_instances(root: Path, reader: _Reader) -> InstanceSet:
     return InstanceSet(root, records, names, list(range(1, len(names) + 1)), reader.problems)
 
 
+def read_yolo_instances(source: Path, reader: _Reader) -> InstanceSet:
+    found = yolo.find_yolo(source)
+    if found is None:
+        raise DataError(source, "not a YOLO dataset (data.yaml with names, or labels/*.txt)")
+    count = yolo.largest_class(found.label_files()) + 1
+    names = found.names or [f"class_{i}" for i in range(count)]
+    images = dict(pair for pairs in found.splits.values() for pair in pairs)
+    records = []
+    for image, label in images.items():
+        size = _image_size(image)
+        if size is None:
+            reader.problem(f"{image}: image file is missing or unreadable", fatal=True)
+        record = InstanceRecord(image, len(records), *(size or (0, 0)))
+        record.instances = _yolo_instances(label, record, len(names), reader)
+        records.append(record)
+    return InstanceSet(found.root, records, names, list(range(len(names))), reader.problems)
+
+
+def _yolo_instances(label: Path, record: InstanceRecord, count: int, reader: _Reader):
+    try:
+        polygons = yolo.read_labels(label, count)
+    except DataError as error:
+        reader.problem(str(error), fatal=True)
+        return []
+    instances = []
+    for number, polygon in enumerate(polygons, start=1):
+        size = (record.height, record.width)
+        flat = [v for point in yolo.pixel_points(polygon, size) for v in point]
+        where = f"{label} polygon {number}"
+        checked = reader.polygon(flat, where, record.height, record.width)
+        if checked is not None:
+            instances.append(Instance(polygon.class_id + 1, polygons=[checked]))
+    return instances
+
+
 def _find_stem(folder: Path, stem: str) -> Path | None:
     return next(
         (folder / (stem + s) for s in IMAGE_SUFFIXES if (folder / (stem + s)).is_file()), None
@@ -428,6 +468,8 @@ def _load_json(path: Path):
 
 def detect_format(source: Path) -> tuple[str, Path]:
     """The format of `source` and the path its reader takes."""
+    if yolo.is_yolo_yaml(source) or (source.is_dir() and yolo.find_yolo(source) is not None):
+        return "yolo", source
     if source.is_dir():
         if (source / "SegmentationObject").is_dir():
             return "voc", source
@@ -438,7 +480,7 @@ def detect_format(source: Path) -> tuple[str, Path]:
             return "labelme", source
         if len(jsons) == 1:
             return detect_format(jsons[0])
-        raise DataError(source, "cannot tell the instance format (coco/labelme/via/voc)")
+        raise DataError(source, "cannot tell the instance format (coco/labelme/via/voc/yolo)")
     data = _load_json(source)
     if isinstance(data, dict) and "annotations" in data and "images" in data:
         return "coco", source
@@ -447,7 +489,7 @@ def detect_format(source: Path) -> tuple[str, Path]:
     values = list(data.get("_via_img_metadata", data).values()) if isinstance(data, dict) else []
     if values and isinstance(values[0], dict) and "regions" in values[0]:
         return "via", source
-    raise DataError(source, "cannot tell the instance format (coco/labelme/via/voc)")
+    raise DataError(source, "cannot tell the instance format (coco/labelme/via/voc/yolo)")
 
 
 def read_instances(
@@ -466,6 +508,8 @@ def read_instances(
         result = read_coco(source, Path(images) if images else None, reader)
     elif fmt == "labelme":
         result = read_labelme(source, reader)
+    elif fmt == "yolo":
+        result = read_yolo_instances(source, reader)
     elif fmt == "via":
         result = read_via(source if source.is_file() else source / "via_region_data.json", reader)
     else:
@@ -639,13 +683,14 @@ def check_instances(source: Path, *, images: Path | None = None) -> tuple[str, l
     degenerate polygons, boxes/polygons outside images, unknown category ids or labels and
     missing image files (one line each).
     """
-    instance_set = read_instances(source, images=images, strict=False)
+    fmt, path = detect_format(Path(source))
+    instance_set = read_instances(path, images=images, fmt=fmt, strict=False)
     per_class = Counter(i.label for r in instance_set.records for i in r.instances)
     ignore = per_class.pop(IGNORE_LABEL, 0)
     crowd = sum(i.iscrowd for r in instance_set.records for i in r.instances) - ignore
     empty = [r.image.name for r in instance_set.records if not r.instances]
     lines = [
-        f"instance source: {instance_set.source}",
+        f"instance source: {instance_set.source} ({FORMAT_NAMES[fmt]})",
         f"images: {len(instance_set.records)}, instances: {sum(per_class.values())}"
         f" (crowd {crowd}), ignore regions: {ignore}, empty images: {len(empty)}",
         "instances per class:",

@@ -10,6 +10,12 @@
   an image folder and a mask folder in the directory itself, paired by relative path and stem,
   with class subfolders allowed (`images/<cls>/x.jpg` + `seg_images/<cls>/x.png`);
   a folder of labelme JSON files;
+  YOLO segmentation labels (a data.yaml with `names`, or `images/` + `labels/*.txt`, see
+  segworks.data.yolo), read as semantic masks: class k -> k + 1, 0 the background;
+  Oxford-IIIT Pet trimaps (`images/` + `annotations/trimaps/` holding 1, 2, 3): read as binary,
+  the border void;
+  a labels folder beside a `mask/` field-of-view folder (DRIVE: `images/`, `1st_manual/`,
+  `mask/`) takes the labels; `roi_masks:` in a spec voids the pixels outside the mask;
 - a spec file (.yaml/.yml/.json) for anything detection cannot settle:
 
       root: .                                  # paths below are relative to it (default: here)
@@ -20,9 +26,11 @@
       colour_map: {"255,255,255": 255}         # extra colour -> class entries (255 = void)
       ignore_index: 255                        # the void value in the files
       reduce_zero_label: false
+      roi_masks: mask                          # region-of-interest masks: outside (0) is void
       splits:
         train: {images: images/train, masks: masks/train}   # folders paired by stem
-        val: {list: val.txt}                                 # a pair-list file
+        val: {images: val/images, masks: val/labels, roi_masks: val/fov}
+        trainval: {list: val.txt}                            # a pair-list file
         test: {list: test.txt, images: img, masks: ann}      # a stem list + folders
 
 - a pair-list .txt file, or the seed RefineNet trio: a list of stems + image dir + mask dir.
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -45,6 +54,7 @@ import numpy as np
 from PIL import Image
 
 from segworks import IGNORE_INDEX
+from segworks.data import yolo
 from segworks.data.dataset import Sample, SegmentationDataset
 from segworks.data.formats import (
     BACKGROUND_NAMES,
@@ -58,13 +68,11 @@ from segworks.data.formats import (
     read_palette,
 )
 from segworks.data.meta import DatasetMeta, voc_palette
+from segworks.data.suffixes import IMAGE_SUFFIXES, LOSSY_SUFFIXES, MASK_SUFFIXES
 from segworks.errors import DataError, SegworksError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".npy", ".json", ".jpg", ".jpeg")
-LOSSY_EXTS = (".jpg", ".jpeg")
 LOSSY_NEAR = 64  # a lossy binary mask's values lie within this of 0 or of 255
 LOSSY_THRESHOLD = 128
 SPLIT_NAMES = (
@@ -74,15 +82,18 @@ SPLIT_NAMES = (
 SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}
 SPEC_KEYS = (
     "root", "mask_format", "task", "class_names", "classes_file", "palette", "colour_map",
-    "color_map", "ignore_index", "reduce_zero_label", "splits",
+    "color_map", "ignore_index", "reduce_zero_label", "roi_masks", "splits",
 )  # fmt: skip
-SPLIT_KEYS = ("list", "images", "masks", "labels", "annotations")
+SPLIT_KEYS = ("list", "images", "masks", "labels", "annotations", "roi_masks")
 IMAGE_DIRS = ("images", "image", "imgs", "img", "jpegimages", "inputs", "input", "rgb")
 MASK_DIRS = (
     "seg_images", "masks", "mask", "labels", "label", "annotations", "annotation", "annot",
     "segmentationclass", "segmentationclasspng", "segmentationclassnpy", "gt", "groundtruth",
-    "ground_truth", "targets",
+    "ground_truth", "targets", "1st_manual", "manual1", "manual",
 )  # fmt: skip
+ROI_DIRS = ("mask", "masks")  # beside another labels folder: a field-of-view mask
+TRIMAP_DIR = "trimaps"
+SEPARATORS = "_-. "
 SPEC_NAMES = ("segworks.yaml", "segworks.yml", "segworks.json", "dataset.yaml", "dataset.yml")
 CLASS_FILES = ("labels.txt", "class_names.txt", "classes.txt")
 CAMVID_CLASSES = [
@@ -95,6 +106,7 @@ CAMVID_PALETTE = [
     (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
 ]  # fmt: skip
 PROBE_COUNT = 24
+UNPROBED = (".npy", ".json", ".txt")  # probed as arrays, or shapes drawn later
 
 
 # --------------------------------------------------------------------------- the result
@@ -165,6 +177,9 @@ class _Listing:
     entries: dict[str, list[tuple[str, Sample]]] = field(default_factory=dict)
     list_kind: str = ""
     segnet: bool = False
+    trimap: bool = False
+    class_names: list[str] | None = None
+    names_from: str = "inferred"
 
 
 # --------------------------------------------------------------------------- entry point
@@ -216,6 +231,8 @@ def _settle(listing: _Listing, options: dict, names, names_from: str) -> Dataset
         _require_masks(listing, masks)
     probe = _probe(masks, fmt)
     lossy = _lossy_binary(masks, fmt, probe)
+    if fmt == "auto" and listing.trimap:
+        fmt = _trimap_format(masks, probe)
     if fmt == "auto":
         fmt = "binary" if lossy else _guess_format(masks, probe)
     if task is None:
@@ -256,6 +273,15 @@ def _settle(listing: _Listing, options: dict, names, names_from: str) -> Dataset
     )
 
 
+def _trimap_format(masks: list[Path], probe: dict) -> str:
+    """A trimaps/ folder holding only 1, 2 and 3 is read as trimaps; else as detection finds."""
+    if probe["values"] and probe["values"] <= {1, 2, 3} and not probe["colours"]:
+        return "trimap"
+    found = sorted(probe["values"])[:8] or sorted(probe["colours"])[:4]
+    log.warning("%s: not read as trimaps: values %s besides 1, 2, 3", masks[0].parent, found)
+    return "auto"
+
+
 def _require_masks(listing: _Listing, masks: list[Path]) -> None:
     """A dataset whose pairs have no mask file at all cannot be trained or checked."""
     if any(path.is_file() for path in masks):
@@ -278,7 +304,7 @@ def _lossy_binary(masks: list[Path], fmt: str, probe: dict) -> bool:
     values = probe["values"]
     low = {v for v in values if v < LOSSY_NEAR}
     high = {v for v in values if v > 255 - LOSSY_NEAR}
-    jpeg = _dominant_suffix(masks) in LOSSY_EXTS
+    jpeg = _dominant_suffix(masks) in LOSSY_SUFFIXES
     clustered = bool(low) and bool(high) and low | high == values
     if not clustered or not (jpeg or len(high) > 1):
         if jpeg:
@@ -323,6 +349,8 @@ def _list_pairs(source, list_file, image_dir, label_dir) -> _Listing:
         raise DataError(path, "no such file or folder")
     if path.is_dir():
         return _detect_dir(path)
+    if yolo.is_yolo_yaml(path):
+        return _yolo_listing(yolo.from_yaml(path))
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         return _spec_listing(path)
     if path.suffix.lower() == ".txt":
@@ -336,6 +364,9 @@ def _list_pairs(source, list_file, image_dir, label_dir) -> _Listing:
 
 
 def _detect_dir(root: Path) -> _Listing:
+    found = yolo.find_yolo(root)
+    if found is not None:
+        return _yolo_listing(found)
     for name in SPEC_NAMES:
         if (root / name).is_file():
             return _spec_listing(root / name)
@@ -356,6 +387,23 @@ def _detect_dir(root: Path) -> _Listing:
     return listing
 
 
+def _yolo_listing(found: yolo.YoloSource) -> _Listing:
+    """YOLO label files as masks; images without one (background images) are left out."""
+    splits = {}
+    for split, pairs in found.splits.items():
+        splits[split] = [Sample(image, label) for image, label in pairs if label.is_file()]
+        if len(splits[split]) < len(pairs):
+            log.warning(
+                "%s: %d of the %d %s images have no YOLO label file (background images); "
+                "they are left out", found.root, len(pairs) - len(splits[split]), len(pairs), split,
+            )  # fmt: skip
+    listing = _Listing(splits, "YOLO", found.root, class_dirs=[found.root])
+    if found.names is not None:
+        listing.class_names = ["background", *found.names]
+        listing.names_from = found.names_from
+    return listing
+
+
 def _nested(root: Path) -> _Listing | None:
     """One level down, for folders such as labelme's data_dataset_voc/ beside data_annotated/:
     folder pairs win over labelme files."""
@@ -371,7 +419,7 @@ def _nested(root: Path) -> _Listing | None:
 
 def _split_dirs(root: Path) -> _Listing | None:
     splits, layouts, class_dirs = {}, set(), []
-    segnet = False
+    segnet = trimap = False
     for name in SPLIT_NAMES:
         folder = root / name
         if not folder.is_dir():
@@ -387,10 +435,13 @@ def _split_dirs(root: Path) -> _Listing | None:
             splits[SPLIT_ALIASES.get(name, name)] = found.splits[name]
             layouts.add(found.layout)
             class_dirs.append(folder)
+            trimap = trimap or found.trimap
     if not splits:
         return None
     layout = layouts.pop() if len(layouts) == 1 else "mixed"
-    return _Listing(splits, layout, root, class_dirs=class_dirs, segnet=segnet)
+    listing = _Listing(splits, layout, root, class_dirs=class_dirs, segnet=segnet)
+    listing.trimap = trimap
+    return listing
 
 
 def _child(folder: Path, names: Iterable[str]) -> Path | None:
@@ -402,13 +453,43 @@ def _folder_pairs(folder: Path, split: str) -> _Listing | None:
     images = _child(folder, IMAGE_DIRS)
     if images is None:
         return None
-    masks = _child(folder, MASK_DIRS)
-    samples = _pair_folders(images, masks)
+    masks = _labels_dir(folder, images)
+    trimaps = _child(masks, (TRIMAP_DIR,)) if masks is not None else None
+    samples = _pair_folders(images, trimaps or masks)
     if not samples:
         return None
     nested = any(len(s.image.relative_to(images).parts) > 1 for s in samples)
     layout = "class-folders" if nested else "image-label-dirs"
-    return _Listing({split: samples}, layout, folder, class_dirs=[folder])
+    layout = "trimaps" if trimaps else layout
+    listing = _Listing({split: samples}, layout, folder, class_dirs=[folder])
+    listing.trimap = trimaps is not None
+    return listing
+
+
+def _labels_dir(folder: Path, images: Path) -> Path | None:
+    """The mask folder; a mask/ (masks/) folder beside another labels folder whose files pair
+    with the images is taken for a region-of-interest mask (DRIVE's field of view)."""
+    children = {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}
+    found = [children[n] for n in MASK_DIRS if n in children]
+    if not found or found[0].name.lower() not in ROI_DIRS:
+        return found[0] if found else None
+    image_keys = _files(images, IMAGE_SUFFIXES)
+    others = [p for p in found[1:] if p.name.lower() not in ROI_DIRS and _pairs(image_keys, p)]
+    if not others:
+        return found[0]
+    log.warning(
+        "%s: taking %s/ for the labels; %s/ looks like a region-of-interest mask (give "
+        "roi_masks: %s in a segworks.yaml to make the pixels outside it void)",
+        folder, others[0].name, found[0].name, found[0].name,
+    )  # fmt: skip
+    return others[0]
+
+
+def _pairs(image_files: dict[str, Path], folder: Path) -> bool:
+    """Whether some mask file in `folder` has an image's name (once shared parts are dropped)."""
+    mask_files = _files(folder, MASK_SUFFIXES)
+    exact = set(image_files) & set(mask_files)
+    return bool(exact or set(_trimmed(image_files)) & set(_trimmed(mask_files)))
 
 
 def _files(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
@@ -427,11 +508,14 @@ def _files(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
 
 def _pair_folders(images: Path, masks: Path | None) -> list[Sample]:
     """Pair by relative path and stem; a missing partner becomes a path that does not exist, so
-    the dataset reports it (or skips it with skip_bad)."""
-    image_files = _files(images, IMAGE_EXTS)
+    the dataset reports it (or skips it with skip_bad). Names that match only once the part
+    every file of a folder shares is dropped (21_training.tif, 21_manual1.gif) pair too."""
+    image_files = _files(images, IMAGE_SUFFIXES)
     if masks is None:
         return [Sample(path, None) for path in image_files.values()]
-    mask_files = _files(masks, MASK_EXTS)
+    image_files, mask_files = _matched_keys(
+        image_files, _files(masks, MASK_SUFFIXES), images, masks
+    )
     mask_ext = _dominant_suffix(mask_files.values())
     samples = []
     for key in sorted(set(image_files) | set(mask_files)):
@@ -439,6 +523,55 @@ def _pair_folders(images: Path, masks: Path | None) -> list[Sample]:
         mask = mask_files.get(key, masks / f"{key}{mask_ext}")
         samples.append(Sample(image, mask))
     return samples
+
+
+def _with_roi(samples: list[Sample], roi: Path) -> list[Sample]:
+    """The samples with the region-of-interest mask of the same image stem."""
+    if not roi.is_dir():
+        raise DataError(roi, "roi_masks: folder not found")
+    by_stem = {s.image.stem: s.image for s in samples}
+    roi_files = {Path(k).name: p for k, p in _files(roi, IMAGE_SUFFIXES).items()}
+    if not roi_files:
+        raise DataError(roi, "roi_masks: no image file in the folder")
+    keyed_images, keyed_roi = _matched_keys(by_stem, roi_files, samples[0].image.parent, roi)
+    key_of = {image: key for key, image in keyed_images.items()}
+    return [
+        Sample(s.image, s.label, keyed_roi.get(key_of.get(s.image), roi / f"{s.image.stem}.png"))
+        for s in samples
+    ]
+
+
+def _matched_keys(
+    image_files: dict[str, Path], other: dict[str, Path], images: Path, folder: Path
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The two folders' files keyed so that partners share a key. No partner at all is refused
+    with one line, rather than listing every image as a pair whose mask is missing."""
+    if not image_files or not other or set(image_files) & set(other):
+        return image_files, other
+    trimmed_images, trimmed_other = _trimmed(image_files), _trimmed(other)
+    if set(trimmed_images) & set(trimmed_other):
+        return trimmed_images, trimmed_other
+    raise DataError(
+        folder,
+        f"none of its {len(other)} files has the name of one of the {len(image_files)} images "
+        f"in {images} (e.g. {next(iter(other))} vs {next(iter(image_files))}); pair them in a "
+        "segworks.yaml spec file (splits: {train: {images: DIR, masks: DIR}} or a pair list)",
+    )
+
+
+def _trimmed(files: dict[str, Path]) -> dict[str, Path]:
+    """Keys without the prefix and suffix that all of them share (cut at a _ - . or space),
+    or the keys unchanged when fewer than two files or trimming makes two keys equal."""
+    keys = list(files)
+    if len(keys) < 2:
+        return files
+    prefix = os.path.commonprefix(keys)
+    suffix = os.path.commonprefix([k[::-1] for k in keys])[::-1]
+    start = max((prefix.rfind(c) + 1 for c in SEPARATORS), default=0)
+    ends = [suffix.find(c) for c in SEPARATORS if c in suffix]
+    cut = len(suffix) - min(ends) if ends else 0
+    trimmed = {k[start : len(k) - cut]: path for k, path in files.items()}
+    return trimmed if len(trimmed) == len(files) and "" not in trimmed else files
 
 
 def _dominant_suffix(paths: Iterable[Path]) -> str:
@@ -466,7 +599,7 @@ def _is_labelme(path: Path) -> bool:
 
 def _labelme_image(json_path: Path) -> Path:
     """The image beside a labelme file; the JSON itself when only its imageData holds it."""
-    for ext in IMAGE_EXTS:
+    for ext in IMAGE_SUFFIXES:
         for candidate in (json_path.with_suffix(ext), json_path.with_suffix(ext.upper())):
             if candidate.is_file():
                 return candidate
@@ -488,7 +621,7 @@ def _is_pair_list(path: Path) -> bool:
     except (OSError, UnicodeDecodeError):
         return False
     first = next((parts for parts in lines if parts and not parts[0].startswith("#")), None)
-    return first is not None and len(first) == 2 and Path(first[0]).suffix.lower() in IMAGE_EXTS
+    return first is not None and len(first) == 2 and Path(first[0]).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _pair_lists(root: Path, lists: dict[str, Path]) -> _Listing:
@@ -565,8 +698,8 @@ def _stem_list(list_path: Path, images: Path, masks: Path | None, split: str) ->
     samples, entries = [], []
     for number, parts in _list_lines(list_path):
         stem = parts[0]
-        image = _with_ext(images, stem, IMAGE_EXTS, ".jpg")
-        label = _with_ext(masks, stem, MASK_EXTS, ".png") if masks is not None else None
+        image = _with_ext(images, stem, IMAGE_SUFFIXES, ".jpg")
+        label = _with_ext(masks, stem, MASK_SUFFIXES, ".png") if masks is not None else None
         sample = Sample(image, label)
         _note_missing(listing, list_path, number, sample)
         samples.append(sample)
@@ -657,7 +790,14 @@ def _add_spec_split(listing: _Listing, spec_path: Path, split: str, entry) -> No
         found = _Listing({split: _pair_folders(images, masks and root / masks)}, "spec", root)
     else:
         raise DataError(spec_path, f"split {split!r}: give 'list' and/or 'images' (+ 'masks')")
-    listing.splits[split] = found.splits[split]
+    roi = entry.get("roi_masks", listing.spec.get("roi_masks"))
+    samples = found.splits[split]
+    if roi and samples:
+        with_roi = dict(zip(samples, _with_roi(samples, root / roi)))
+        samples = list(with_roi.values())
+        for name, entries in found.entries.items():
+            found.entries[name] = [(text, with_roi.get(s, s)) for text, s in entries]
+    listing.splits[split] = samples
     listing.entries.update(found.entries)
     listing.problems.extend(found.problems)
     listing.list_kind = listing.list_kind or found.list_kind
@@ -702,6 +842,8 @@ def read_class_names(path: Path) -> list[str]:
 def _given_names(class_names, spec: dict, listing: _Listing) -> tuple[list[str] | None, str]:
     if class_names:
         return list(class_names), "given"
+    if listing.class_names:
+        return list(listing.class_names), listing.names_from
     if spec.get("class_names"):
         return [str(n) for n in spec["class_names"]], "spec"
     if spec.get("classes_file"):
@@ -719,6 +861,9 @@ def _default_names(listing, fmt, task, probe, colour_map, masks) -> tuple[list[s
         return ["background", "foreground"], "binary"
     if fmt == "labelme":
         return _labelme_names(masks), "labelme labels"
+    if fmt == "yolo":
+        count = yolo.largest_class(masks) + 1
+        return ["background", *(f"class_{i}" for i in range(count))], "YOLO labels"
     if listing.segnet and fmt == "index" and max(probe["values"], default=0) <= 11:
         return list(CAMVID_CLASSES), "SegNet CamVid layout"
     if fmt == "rgb":
@@ -758,14 +903,14 @@ def _labelme_names(masks: list[Path]) -> list[str]:
 def _probe(masks: list[Path], fmt: str) -> dict:
     """Modes, values and colours of up to PROBE_COUNT masks spread over the dataset."""
     probe = {"modes": set(), "values": set(), "colours": set(), "pixels": Counter()}
-    if not masks or fmt in ("npy", "labelme") or masks[0].suffix.lower() in (".npy", ".json"):
+    if not masks or fmt in ("npy", "labelme", "yolo") or masks[0].suffix.lower() in UNPROBED:
         return _probe_npy(masks, probe) if masks and masks[0].suffix.lower() == ".npy" else probe
     step = max(1, len(masks) // PROBE_COUNT)
     for path in masks[::step][:PROBE_COUNT]:
         try:
             with Image.open(path) as image:
                 image.load()
-                lossy_colour = path.suffix.lower() in LOSSY_EXTS and image.mode != "L"
+                lossy_colour = path.suffix.lower() in LOSSY_SUFFIXES and image.mode != "L"
                 _probe_image(image.convert("L") if lossy_colour else image, probe)
         except (FileNotFoundError, *PIL_ERRORS):
             continue  # reported when the pair is read or checked
@@ -805,6 +950,8 @@ def _guess_format(masks: list[Path], probe: dict) -> str:
         return "npy"
     if suffix == ".json":
         return "labelme"
+    if suffix == ".txt":
+        return "yolo"
     modes = probe["modes"] - {"gray-rgb"}
     if probe["colours"]:
         return "rgb"
@@ -824,7 +971,7 @@ def _looks_binary(probe: dict) -> bool:
 
 
 def _guess_task(fmt: str, probe: dict, names: list[str] | None) -> str:
-    if fmt == "binary":
+    if fmt in ("binary", "trimap"):
         return "binary" if names is None or len(names) == 2 else "semantic"
     if names is not None and len(names) == 2 and probe["values"] and probe["values"] <= {0, 1, 255}:
         return "binary"
