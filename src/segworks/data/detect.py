@@ -22,8 +22,8 @@ from segworks.data.listing import (
     pairs_with,
 )
 from segworks.data.specs import SPEC_NAMES, spec_listing
-from segworks.data.suffixes import IMAGE_SUFFIXES
 from segworks.errors import DataError
+from segworks.suffixes import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from segworks.data.classes import CLASS_FILES
 from segworks.data.dataset import Sample
-from segworks.data.suffixes import IMAGE_SUFFIXES, MASK_SUFFIXES, dominant_suffix
 from segworks.errors import DataError
+from segworks.suffixes import IMAGE_SUFFIXES, MASK_SUFFIXES, dominant_suffix
 
 SPLIT_NAMES = (
     "train", "training", "trainval", "val", "valid", "validation", "test", "testing",

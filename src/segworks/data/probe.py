@@ -13,8 +13,8 @@ from PIL import Image
 from segworks import IGNORE_INDEX
 from segworks.data.formats import PIL_ERRORS, Colour, colour_map_from_palette, read_palette
 from segworks.data.meta import voc_palette
-from segworks.data.suffixes import LOSSY_SUFFIXES, dominant_suffix
 from segworks.errors import DataError
+from segworks.suffixes import LOSSY_SUFFIXES, dominant_suffix
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from segworks.data.suffixes import IMAGE_SUFFIXES
 from segworks.errors import DataError
+from segworks.suffixes import IMAGE_SUFFIXES
 
 YAML_NAMES = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
 SPLIT_KEYS = ("train", "val", "test")
