@@ -29,10 +29,10 @@ from typing import Any
 
 from segworks.errors import DataError, SegworksError
 from segworks.outputs import check_output_dir
+from segworks.suffixes import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 GLOB_CHARS = set("*?[")
 

@@ -24,9 +24,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from segworks import IGNORE_INDEX
-from segworks.data.formats import MaskDecoder, image_size, open_image
+from segworks.data.formats import DRAWN_FORMATS, MaskDecoder, apply_roi, image_size, open_image
 from segworks.data.meta import DatasetMeta
 from segworks.data.transforms import eval_transforms
+from segworks.data.yolo import read_labels
 from segworks.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -34,17 +35,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Sample:
-    """One image and its mask file (.png/.npy/labelme .json); label is None when unlabelled."""
+    """One image and its mask file (.png/.npy/labelme .json/YOLO .txt); label is None when
+    unlabelled. roi: a region-of-interest mask; labels outside it (value 0) are void."""
 
     image: Path
     label: Path | None
+    roi: Path | None = None
 
 
 def missing_file_problems(samples: list[Sample]) -> list[tuple[int, DataError]]:
     """(index, error) for each sample whose image or mask file does not exist."""
     problems = []
     for index, sample in enumerate(samples):
-        for kind, path in (("image", sample.image), ("mask", sample.label)):
+        for kind, path in (("image", sample.image), ("mask", sample.label), ("ROI", sample.roi)):
             if path is not None and not Path(path).is_file():
                 problems.append((index, DataError(path, f"{kind} file not found")))
                 break
@@ -55,6 +58,9 @@ def pair_header_check(sample: Sample) -> None:
     """Both files' headers are readable and the mask (if any) has the image's size."""
     height, width = image_size(sample.image)
     if sample.label is None:
+        return
+    if sample.label.suffix.lower() == ".txt":  # YOLO polygons: no size; the lines are checked
+        read_labels(sample.label)
         return
     mask_height, mask_width = mask_size(sample.label)
     if (mask_height, mask_width) != (height, width):
@@ -119,8 +125,10 @@ class SegmentationDataset(Dataset):
         image = image.convert("RGB")
         if sample.label is None:
             return image, np.full((height, width), IGNORE_INDEX, dtype=np.int64)
-        size = (height, width) if self.decoder.mask_format == "labelme" else None
+        size = (height, width) if self.decoder.mask_format in DRAWN_FORMATS else None
         labels = self.decoder(sample.label, size)
+        if sample.roi is not None and labels.shape == (height, width):
+            labels = apply_roi(labels, sample.roi)
         if labels.shape != (height, width):
             raise DataError(
                 sample.label,

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from segworks import IGNORE_INDEX
 from segworks.data.dataset import Sample
-from segworks.data.formats import MaskDecoder, image_size, open_image
+from segworks.data.formats import DRAWN_FORMATS, MaskDecoder, apply_roi, image_size, open_image
 from segworks.data.layouts import DatasetSource
 from segworks.errors import DataError
 from segworks.fileio import save_text
@@ -142,10 +142,11 @@ def check_pair(
     sample: Sample, decoder: MaskDecoder, *, verify_images: bool = True, report_missing: bool = True
 ) -> _PairResult:
     result = _PairResult()
-    missing = [p for p in (sample.image, sample.label) if p is not None and not Path(p).is_file()]
+    files = (sample.image, sample.label, sample.roi)
+    missing = [p for p in files if p is not None and not Path(p).is_file()]
     if missing:
         if report_missing:
-            kind = "image" if missing[0] == sample.image else "mask"
+            kind = {sample.image: "image", sample.label: "mask"}.get(missing[0], "ROI mask")
             partner = sample.label if kind == "image" else sample.image
             result.problems.append(
                 Problem("missing", str(missing[0]), f"{kind} not found (pair of {partner})")
@@ -173,8 +174,10 @@ def _image_size(path: Path, verify: bool) -> tuple[int, int]:
 def _check_mask(sample: Sample, decoder: MaskDecoder, result: _PairResult) -> None:
     try:
         labels = decoder.decode(
-            sample.label, result.size if decoder.mask_format == "labelme" else None
+            sample.label, result.size if decoder.mask_format in DRAWN_FORMATS else None
         )
+        if sample.roi is not None and labels.shape == result.size:
+            labels = apply_roi(labels, sample.roi)
     except DataError as error:
         kind = "unknown-colour" if "colour" in error.problem else "unreadable"
         result.problems.append(Problem(kind, str(error.path), error.problem))

@@ -12,6 +12,11 @@ Formats:
 - "rgb":     an RGB PNG whose colours name classes through a colour -> class map.
 - "npy":     a NumPy array of labels (negative values are void, as labelme writes -1).
 - "labelme": a labelme JSON file whose polygons are rasterised on load.
+- "yolo":    a YOLO label file (`class x1 y1 ...` normalised polygons) drawn at the image size;
+             class k becomes k + 1 (0 is the background), see segworks.data.yolo.
+- "trimap":  an Oxford-IIIT Pet trimap: 1 foreground -> 1, 2 background -> 0, 3 border -> void.
+
+A region-of-interest mask (a retinal field of view) voids the labels where it is 0: apply_roi.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from segworks import IGNORE_INDEX
+from segworks.data import yolo
 from segworks.errors import DataError
 from segworks.fileio import atomic_path, save_image, save_json
 
-MASK_FORMATS = ("palette", "index", "binary", "rgb", "npy", "labelme")
+MASK_FORMATS = ("palette", "index", "binary", "rgb", "npy", "labelme", "yolo", "trimap")
+DRAWN_FORMATS = ("labelme", "yolo")  # shapes drawn at the image size (the caller passes it)
+TRIMAP_VALUES = {1: 1, 2: 0, 3: IGNORE_INDEX}  # foreground, background, border
 SLIDE_MAX_PIXELS = 2_000_000_000  # sliding-window prediction reads images up to this size
 Colour = tuple[int, int, int]
 
@@ -291,6 +299,10 @@ class MaskDecoder:
             return read_thresholded(path, self.threshold)
         if self.mask_format == "labelme":
             labels = rasterize_labelme(path, self.class_ids, size)
+        elif self.mask_format == "yolo":
+            labels = _rasterize_yolo(path, size, self.num_classes)
+        elif self.mask_format == "trimap":
+            return decode_trimap(path, read_raw(path, "index"))
         elif self.mask_format == "rgb":
             labels = decode_rgb(path, read_raw(path, "rgb"), self.colour_map)
         else:
@@ -301,7 +313,7 @@ class MaskDecoder:
         if self.mask_format == "binary":
             return decode_binary(labels, self.foreground)
         void = labels < 0
-        if self.mask_format not in ("labelme", "rgb") and self.void_value != IGNORE_INDEX:
+        if self.mask_format not in ("labelme", "rgb", "yolo") and self.void_value != IGNORE_INDEX:
             void |= labels == self.void_value
         if self.reduce_zero_label:
             labels = labels - 1
@@ -313,7 +325,8 @@ class MaskDecoder:
 
     @property
     def valid_count(self) -> int | None:
-        return 2 if self.binary or self.mask_format == "binary" else self.num_classes
+        binary = self.binary or self.mask_format in ("binary", "trimap")
+        return 2 if binary else self.num_classes
 
     def check_values(self, path: Path, labels: np.ndarray) -> None:
         count = self.valid_count
@@ -327,6 +340,34 @@ class MaskDecoder:
                 path,
                 f"label values {shown} outside the {count} classes 0..{count - 1} (255 = ignore)",
             )
+
+
+def _rasterize_yolo(path: Path, size: tuple[int, int] | None, num_classes: int | None):
+    if size is None:
+        raise DataError(path, "YOLO labels are drawn at the image size, and none was given")
+    return yolo.rasterize(path, size, None if num_classes is None else num_classes - 1)
+
+
+def decode_trimap(path: Path, values: np.ndarray) -> np.ndarray:
+    """1 (foreground) -> 1, 2 (background) -> 0, 3 (border) -> 255; other values raise."""
+    found = set(np.unique(values).tolist())
+    if not found <= set(TRIMAP_VALUES):
+        other = ", ".join(str(v) for v in sorted(found - set(TRIMAP_VALUES))[:8])
+        raise DataError(path, f"trimap values are 1, 2 and 3 (fg, bg, border), found {other}")
+    lookup = np.array([0] + [TRIMAP_VALUES[v] for v in (1, 2, 3)], dtype=np.int64)
+    return lookup[values]
+
+
+def apply_roi(labels: np.ndarray, roi_path: Path) -> np.ndarray:
+    """Labels with every pixel outside the region of interest (ROI mask value 0) made void."""
+    roi = np.asarray(open_image(roi_path).convert("L"))
+    if roi.shape != labels.shape:
+        raise DataError(
+            roi_path,
+            f"ROI mask is {roi.shape[1]}x{roi.shape[0]}, the labels {labels.shape[1]}x"
+            f"{labels.shape[0]} (W x H)",
+        )
+    return np.where(roi == 0, IGNORE_INDEX, labels)
 
 
 def read_thresholded(path: Path, threshold: int) -> np.ndarray:

@@ -42,7 +42,6 @@ from tqdm import tqdm
 from segworks.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from segworks.coco_eval import CocoEvaluator, format_metrics, outputs_to_coco_results
 from segworks.data.instances import (
-    IMAGE_SUFFIXES,
     InstanceDataset,
     InstanceSet,
     collate_instances,
@@ -54,6 +53,7 @@ from segworks.errors import DataError, SegworksError
 from segworks.fileio import save_image, save_json, save_text
 from segworks.models import build_model
 from segworks.models.mask_rcnn import CLASSIFIER_PREFIXES, load_weights
+from segworks.suffixes import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
