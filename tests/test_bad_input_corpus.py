@@ -84,7 +84,16 @@ CASES = [
     ),  # fmt: skip
     (
         "tr-num-classes",
-        ["train", "--data", DATA, "--out", "{ws}/r", *TINY, "-n", "7"],
+        [
+            "train",
+            "--data",
+            DATA,
+            "--out",
+            "{ws}/r",
+            *TINY,
+            "-n",
+            "2",
+        ],  # below the 3 classes the data holds,
         "--num-classes",
     ),  # fmt: skip
     ("tr-lr-zero", ["train", "--data", DATA, "--out", "{ws}/r", *TINY, "-l", "0"], "lr"),
