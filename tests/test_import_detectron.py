@@ -177,3 +177,21 @@ def test_missing_heads_and_unsafe_pickles_are_refused(tmp_path, capsys):
         pickle.dump({"conv1_w": print}, handle)
     with pytest.raises(DataError, match="refusing to load builtins.print"):
         import_foreign(evil, model="resnet50")
+
+
+def test_pretrained_flag_takes_a_detectron_file_as_encoder_weights(tmp_path, monkeypatch):
+    """`--pretrained R-50.pkl` with a ResNet-50 model: imported once into the hub cache as the
+    encoder's weights (the Mask R-CNN seed's ImageNet start), then loaded by the builder."""
+    from segworks.models.pretrained import choose
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    torch.manual_seed(0)
+    reference = resnet50()
+    path = tmp_path / "R-50.pkl"
+    write_pkl(path, to_detectron(reference.state_dict(), "resnet50"))
+    choice = choose(str(path), model="unet_resnet", model_kwargs={"encoder": "resnet50"})
+    assert choice.kind == "encoder" and choice.path.parent.name == "segworks-imports"
+    state = torch.load(choice.path, weights_only=True)["model"]
+    assert torch.equal(state["layer1.0.conv1.weight"], reference.layer1[0].conv1.weight)
+    again = choose(str(path), model="unet_resnet", model_kwargs={"encoder": "resnet50"})
+    assert again.path == choice.path  # imported once

@@ -11,6 +11,7 @@ import argparse
 import json
 
 from segworks.errors import SegworksError
+from segworks.models.foreign import FORMATS
 from segworks.models.pretrained import (
     WEIGHTS,
     PretrainedWeights,
@@ -93,6 +94,8 @@ def format_table(rows: list[dict]) -> str:
     lines.append("on first use, hash-checked; `segworks weights fetch NAME` does it now).")
     lines.append("Use: segworks train --pretrained NAME|imagenet|FILE|none. Files also read:")
     lines.extend(f"  - {item}" for item in FILE_FORMATS)
+    lines.extend(f"  - {text} -> {into}" for text, into in FORMATS.values())
+    lines.append("    (imported on first use; `segworks import-weights` converts one explicitly)")
     return "\n".join(lines)
 
 

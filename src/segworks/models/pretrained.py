@@ -19,7 +19,9 @@ copied file will be picked up; nothing ever falls back to random weights.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ __all__ = [
     "weights_file",
 ]
 
+log = logging.getLogger(__name__)
 HALF = (0.5, 0.5, 0.5)  # TF-ported EfficientNet-Lite weights expect inputs in [-1, 1]
 TORCHVISION_LICENCE = "BSD-3-Clause (torchvision)"
 
@@ -339,12 +342,45 @@ def choose(
         return Choice(entry.kind, weights_file(entry, download=download), entry)
     path = Path(spec).expanduser()
     if path.is_file():
-        return Choice("file", path)
+        return _foreign_choice(path, model, model_kwargs) or Choice("file", path)
     fits = ", ".join(names_for(model, model_kwargs)) or "none registered"
     raise SegworksError(
         f"--pretrained {spec!r}: no such weights name or file; names that fit {model}: {fits} "
         "(all of them: `segworks weights`)"
     )
+
+
+def _foreign_choice(path: Path, model: str, model_kwargs: dict | None) -> Choice | None:
+    """A Chainer or Detectron file, imported once for `model` (or its encoder) into the hub
+    cache; None for files in torch's own format."""
+    from segworks.checkpoint import save_checkpoint
+    from segworks.models.foreign import detect_foreign_format, import_foreign
+
+    kind = detect_foreign_format(path)
+    if kind is None:
+        return None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    encoder = model_encoder(model, model_kwargs)
+    for target, part in ((model, "model"), (encoder, "encoder")):
+        if target is None:
+            continue
+        cached = (
+            Path(torch.hub.get_dir()) / "segworks-imports" / f"{path.stem}-{digest}-{target}.pt"
+        )
+        if cached.is_file():
+            return Choice(part, cached)
+        try:
+            checkpoint = import_foreign(path, model=target)
+        except SegworksError as error:
+            last = error
+            continue
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(cached, checkpoint)
+        log.warning("%s: %s file imported for %s (%s); it was trained on %s input, and "
+                    "training continues with this run's normalisation", path, kind, target,
+                    cached, checkpoint.get("meta", {}).get("channel_order", "rgb").upper())  # fmt: skip
+        return Choice(part, cached)
+    raise SegworksError(f"{path}: a {kind} file that fits neither {model} nor its encoder ({last})")
 
 
 def normalisation(
