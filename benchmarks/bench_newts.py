@@ -53,10 +53,16 @@ def main(argv: list[str] | None = None) -> int:
           f"clock; {args.threads} threads; {args.jobs} job(s) at once")  # fmt: skip
     rows = run_all(args, "recipe")
     print(table(f"segworks recipe '{args.recipe}'", rows))
+
     if args.baseline:
         print(table("seed tutorial recipe (64 px, SGD 0.01, 1000 it)", run_all(args, "baseline")))
     if args.peer:
-        print(table(f"peer: {PEER_TITLE}", run_all(args, "peer")))
+        peer_rows = run_all(args, "peer")
+        print(table(f"peer: {PEER_TITLE}", peer_rows))
+        from benchmarks.common import ratio_line
+
+        ratios = [ours["miou"] / theirs["miou"] for ours, theirs in zip(rows, peer_rows)]
+        print(ratio_line("newts test mIoU segworks/smp (same seed)", ratios, rounds="seeds"))
     return 0
 
 
