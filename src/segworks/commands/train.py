@@ -3,7 +3,8 @@
 The RefineNet seed's flags work as they did (`-g 0 -tt train.txt -tr images/ -ta annotations/
 -e 500 -b 16 -n 21 -l 0.0001`), with the seed's schedule (x0.1 at epochs 10, 50, then every
 100) and weights every 10 epochs unless --schedule / --snapshot-every say otherwise; `--data DIR|SPEC` is the short way for any layout segworks
-reads. Every other flag maps to the TrainConfig field of the same name.
+reads. Every other flag maps to the TrainConfig field of the same name; `--task instance`
+starts from the `instance` recipe and refuses the flags only semantic data can use.
 
 Exit codes: 0 done; 1 training diverged (NaN/inf loss; the last good checkpoint is kept);
 2 bad input (data, flags, files); 130 interrupted (an `interrupt.pt` to resume from is saved).
