@@ -7,7 +7,7 @@ Each dataset's labelled images are split once with a fixed seed (`--split-seed`,
 balloon's 61 `train/` images -> 49 train / 12 val (its own val folder is held back for judging
 the project and is never read here), fruits_nuts' 18 images -> 14 train / 4 val. The model
 trains from scratch (no ImageNet weights exist offline) through `segworks train --task
-instance` (segworks.engine.instance.run_train) for `--minutes` of training, then the last
+instance` (segworks.engine.train.train) for `--minutes` of training, then the last
 checkpoint is scored once on the val images at their original resolution with pycocotools'
 COCOeval: box and mask AP, AP50, AP75.
 
@@ -33,7 +33,6 @@ import logging
 import math
 import tempfile
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -223,7 +222,6 @@ def scale_coco(coco: dict, sizes: dict[int, tuple[int, int]], files: dict[int, s
 # --------------------------------------------------------------------------- one dataset
 def run_dataset(name: str, source: Path, val_count: int, recipe: dict, args) -> dict:
     from segworks.data.instances import read_instances
-    from segworks.engine.instance import run_train
 
     instance_set = read_instances(source)
     train_idx, val_idx = split_indices(len(instance_set.records), val_count, seed=args.split_seed)
@@ -240,7 +238,7 @@ def run_dataset(name: str, source: Path, val_count: int, recipe: dict, args) -> 
                         "val_split": 0.0, "seed": args.seed, "device": "cpu", "workers": 0,
                         "progress": False, "tensorboard": False}  # fmt: skip
             wall, cpu = time.perf_counter(), time.process_time()
-            run_train(Namespace(**settings))
+            train_instance(settings)
             return time.perf_counter() - wall, time.process_time() - cpu
 
         wall, cpu = train(1, work / "calibration")
@@ -251,6 +249,18 @@ def run_dataset(name: str, source: Path, val_count: int, recipe: dict, args) -> 
         wall, cpu = train(epochs, work / "run")
         row = score_checkpoint(name, source, val_count, work / "run" / "last.pt", args)
     return row | {"epochs": epochs, "train_min": wall / 60, "cpu_min": cpu / 60}
+
+
+def train_instance(settings: dict) -> None:
+    """`segworks train --task instance` (the `instance` recipe) with these flag values."""
+    from segworks.commands.train import parse_model_args
+    from segworks.config import TrainConfig
+    from segworks.engine.train import train
+    from segworks.recipes import recipe_settings
+
+    given = {key: value for key, value in settings.items() if key != "model_arg"}
+    given |= {"task": "instance", "model_kwargs": parse_model_args(settings.get("model_arg", []))}
+    train(TrainConfig(**recipe_settings("instance", given)))
 
 
 def score_checkpoint(name: str, source: Path, val_count: int, checkpoint: Path, args) -> dict:

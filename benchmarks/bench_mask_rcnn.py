@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import argparse
-from argparse import Namespace
 
 import torch
 
@@ -49,26 +48,29 @@ def throughput(args: argparse.Namespace) -> None:
 
 
 def train(args) -> None:
-    from segworks.engine.instance import run_train
+    from segworks.config import TrainConfig
+    from segworks.engine.train import train as train_run
+    from segworks.recipes import recipe_settings
 
-    run_train(
-        Namespace(
-            data=args.data,
-            model=args.model,
-            out=args.out,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            val_split=args.val_split,
-            backbone_weights=args.backbone_weights,
-            min_size=args.min_size,
-            max_size=args.max_size,
-            device=args.device,
-            amp=args.device.startswith("cuda"),
-            workers=args.workers,
-            seed=0,
-        )
+    given = dict(
+        task="instance",
+        data=args.data,
+        model=args.model,
+        out=args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_split=args.val_split,
+        backbone_weights=args.backbone_weights,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        device=args.device,
+        amp=args.device.startswith("cuda"),
+        workers=args.workers,
+        seed=0,
     )
+    given = {key: value for key, value in given.items() if value is not None}
+    train_run(TrainConfig(**recipe_settings("instance", given)))
 
 
 def main(argv: list[str] | None = None) -> int:

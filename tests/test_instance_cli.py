@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 from segworks.checkpoint import load_checkpoint
 from segworks.cli import main
 from segworks.coco_eval import encode_mask
+from segworks.config import TrainConfig
 from segworks.engine.instance import build_instance_model
 from segworks.errors import DataError
 
@@ -98,7 +99,7 @@ def test_train_writes_checkpoints_with_category_ids(run):
     assert best["meta"]["category_ids"] == [3, 7]
     assert best["model_kwargs"]["min_size"] == SIZE and best["model_kwargs"]["width"] == 8
     assert (run["root"] / "run" / "last.pt").is_file()
-    assert not (run["root"] / "run" / "tensorboard").exists()  # --no-tensorboard
+    assert not (run["root"] / "run" / "tb").exists()  # --no-tensorboard
 
 
 def test_instance_run_folder_has_config_json_and_metrics_csv(run):
@@ -193,14 +194,18 @@ def test_reset_classifier_fine_tunes_to_another_class_count(run, tmp_path, capsy
     line = _one_line_error(capsys, [*base, "--out", str(tmp_path / "a")], "shapes differ")
     assert "cls_score" in line and "--reset-classifier" in line
     assert main([*base, "--reset-classifier", "--out", str(tmp_path / "b")]) == 0
-    assert load_checkpoint(tmp_path / "b" / "best.pt")["model_kwargs"]["num_classes"] == 4
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["model_kwargs"]["num_classes"] == 4
 
 
 def test_reset_classifier_keeps_all_but_the_class_layers(run):
     source = load_checkpoint(run["checkpoint"])["model"]
-    args = {"model": "maskrcnn_tiny", "model_arg": ["width=8"], "weights": str(run["checkpoint"])}
+    args = {
+        "model": "maskrcnn_tiny",
+        "model_kwargs": {"width": 8},
+        "weights": str(run["checkpoint"]),
+    }
     torch.manual_seed(0)
-    model, kwargs = build_instance_model(_Args(**args, reset_classifier=True), num_classes=4)
+    model = build_instance_model(_config(**args, reset_classifier=True), num_classes=4)
     state = model.state_dict()
     reset = {
         "roi_heads.box_predictor.cls_score.weight": (4, 128),
@@ -214,14 +219,13 @@ def test_reset_classifier_keeps_all_but_the_class_layers(run):
     for key in [*kept, "roi_heads.mask_predictor.conv5_mask.weight"]:
         torch.testing.assert_close(state[key], source[key], msg=key)
     with pytest.raises(DataError, match="reset-classifier"):  # the control: without the flag
-        build_instance_model(_Args(**args, reset_classifier=False), num_classes=4)
-    model, _ = build_instance_model(_Args(**args), num_classes=3)  # same classes: all loaded
+        build_instance_model(_config(**args, reset_classifier=False), num_classes=4)
+    model = build_instance_model(_config(**args), num_classes=3)  # same classes: all loaded
     torch.testing.assert_close(
         model.state_dict()["roi_heads.box_predictor.cls_score.weight"],
         source["roi_heads.box_predictor.cls_score.weight"],
     )
 
 
-class _Args:
-    def __init__(self, **values):
-        self.__dict__.update({"min_size": SIZE, "max_size": SIZE} | values)
+def _config(**values) -> TrainConfig:
+    return TrainConfig(task="instance", data="unused", min_size=SIZE, max_size=SIZE, **values)

@@ -292,13 +292,13 @@ def _labelme_with_ignore(folder, false_positive_box):
 
 def test_labelme_ignore_region_is_crowd_in_training_and_eval(tmp_path):
     from segworks.coco_eval import CocoEvaluator
-    from segworks.engine.instance import _targets_for_training
+    from segworks.engine.instance import targets_for_training
 
     dataset, output = _labelme_with_ignore(tmp_path / "a", (6, 30, 34, 44))
     report, problems = check_instances(tmp_path / "a")
     assert not problems and "ignore regions: 1" in report and "instances: 2" in report
     target = dataset.target(0)
-    assert _targets_for_training([target], torch.device("cpu"))[0]["labels"].tolist() == [1, 2]
+    assert targets_for_training([target], torch.device("cpu"))[0]["labels"].tolist() == [1, 2]
     assert semantic_from_instances(target)[40, 10] == IGNORE_INDEX
     evaluator = CocoEvaluator(dataset)
     evaluator.update({0: output})

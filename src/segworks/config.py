@@ -15,7 +15,7 @@ from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD
 from segworks.errors import SegworksError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("step", "poly", "cosine", "constant")
+SCHEDULES = ("step", "poly", "cosine", "multistep", "constant")
 LOSSES = ("ce", "dice", "ce+dice")
 TASKS = ("semantic", "binary", "instance")
 
@@ -64,7 +64,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "poly"
-    warmup: int = 0  # linear warm-up iterations (cosine and poly)
+    warmup: int = 0  # linear warm-up iterations (multistep: at most a fifth of the run)
+    milestones: tuple[float, ...] = (0.75, 0.9)  # multistep: x0.1 at these fractions of the run
     accum_steps: int = 1
     clip_grad: float | None = None
     loss: str = "ce"
@@ -100,8 +101,18 @@ class TrainConfig:
     patience: int | None = None  # epochs without a better val mIoU before stopping
     snapshot_every: int = 10  # keep epoch_N.pt every N epochs (0: never)
 
+    # 7. instance segmentation (--task instance; refused for other tasks)
+    gamma: float = 1.0  # weight of the mask loss
+    roi_size: int = 14  # RoIAlign output size of the mask head
+    min_size: int | None = None  # images resized to this shorter side (None: the model's)
+    max_size: int | None = None  # ... and at most this longer side
+    instance_format: str = "auto"  # coco | labelme | via | voc | auto
+    bn2affine: bool = False  # BatchNorm as a frozen affine layer (same as freeze_bn)
+    val_data: str | None = None  # annotations of a separate validation set
+
     def __post_init__(self) -> None:
         self.scale_range = (float(self.scale_range[0]), float(self.scale_range[1]))
+        self.milestones = tuple(float(m) for m in self.milestones)
         if self.mean is None or self.std is None:
             mean, std = self.weights_normalisation()
             self.mean = mean if self.mean is None else self.mean
@@ -146,6 +157,9 @@ class TrainConfig:
             raise SegworksError(f"patience must be >= 1 epoch, got {self.patience}")
         if self.num_classes is not None and self.num_classes < 1:
             raise SegworksError(f"num_classes must be >= 1, got {self.num_classes}")
+        if any(not 0.0 < m < 1.0 for m in self.milestones):
+            raise SegworksError(f"milestones must be fractions in (0, 1), got {self.milestones}")
+        check_task_fields(self)
         if self.data is None and self.train_images is None and self.resume is None:
             raise SegworksError("no training data: give --data DIR, or -tr IMAGES -ta ANNOTATIONS")
 
@@ -162,6 +176,31 @@ class TrainConfig:
         """Inverse of to_dict; unknown keys (from a newer segworks) are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in names})
+
+
+# Fields only one kind of task can use: given (not at their default) for the other, refused.
+INSTANCE_ONLY = ("gamma", "roi_size", "min_size", "max_size", "instance_format", "bn2affine",
+                 "val_data")  # fmt: skip
+SEMANTIC_ONLY = (
+    "train_list", "train_images", "train_annotations", "mask_format", "ignore_index",
+    "class_names", "reduce_zero_label", "num_classes", "train_split", "val_name", "skip_bad",
+    "freeze_backbone_epochs", "loss", "class_weights", "aux_weight", "crop_size", "scale_range",
+    "jitter", "dihedral", "long_side", "eval_size", "channels_last", "compile",
+)  # fmt: skip
+
+
+def check_task_fields(cfg: TrainConfig) -> None:
+    """Refuse a field the task cannot use (e.g. --loss dice with --task instance)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    instance = cfg.task == "instance"
+    for name in SEMANTIC_ONLY if instance else INSTANCE_ONLY:
+        if getattr(cfg, name) != defaults[name]:
+            flag = "--" + name.replace("_", "-")
+            task = "--task instance" if instance else "semantic or binary segmentation"
+            raise SegworksError(
+                f"{flag} ({getattr(cfg, name)!r}) does not apply to {task}; drop it"
+                + ("" if instance else " or add --task instance")
+            )
 
 
 def model_kwargs_for_checkpoint(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Turning the --device / -g flags into a torch.device, with one clear error for a bad one."""
+"""Turning the --device / -g flags into a torch.device, with one clear error for a bad one.
+
+Every command (train, eval, predict, demo, instance runs) follows `device_name`: --device wins
+over -g/--gpu unless it is "auto".
+"""
 
 from __future__ import annotations
 
@@ -27,3 +31,18 @@ def resolve_device(name: str | None) -> torch.device:
 def gpu_device_name(gpu: int) -> str:
     """The device name of a -g/--gpu index: -1 (or any negative) is the CPU."""
     return "cpu" if gpu < 0 else f"cuda:{gpu}"
+
+
+def device_name(device: str | None = None, gpu: int | None = None) -> str:
+    """The one rule of every command for --device and -g/--gpu: a --device other than "auto"
+    wins; else -g/--gpu N (-1 = the CPU, as in the seed scripts); else "auto"."""
+    if device not in (None, "auto"):
+        return device
+    if gpu is not None:
+        return gpu_device_name(gpu)
+    return "auto"
+
+
+def device_from_args(args) -> torch.device:
+    """The device of a command's --device and -g/--gpu flags (either may be absent)."""
+    return resolve_device(device_name(getattr(args, "device", None), getattr(args, "gpu", None)))

@@ -108,9 +108,9 @@ def evaluate_and_draw(checkpoint: Path, cfg: TrainConfig, overlay_dir: Path):
     from segworks.checkpoint import load_checkpoint, model_from_checkpoint
     from segworks.data import DatasetMeta, open_source
     from segworks.data.transforms import eval_transforms
+    from segworks.engine.evaluators import SemanticEvaluator
     from segworks.engine.train import predict_labels, resolve_device, split_samples
     from segworks.fileio import save_image
-    from segworks.metrics import ConfusionMatrix
     from segworks.visualize import overlay, panel
 
     saved = load_checkpoint(checkpoint)
@@ -120,12 +120,12 @@ def evaluate_and_draw(checkpoint: Path, cfg: TrainConfig, overlay_dir: Path):
     source = open_source(cfg.data)
     _, val_samples = split_samples(cfg, source.splits)
     dataset = source.dataset(val_samples, transform=eval_transforms(mean=cfg.mean, std=cfg.std))
-    matrix = ConfusionMatrix(meta.num_classes, class_names=meta.class_names)
+    evaluator = SemanticEvaluator(meta.num_classes, class_names=meta.class_names)
     overlays = []
     for index in range(len(dataset)):
         image, target = dataset[index]
         pred = predict_labels(model(image[None].to(device))["out"])[0].cpu()
-        matrix.update(pred, target)
+        evaluator.process(target, pred)
         if index < NUM_OVERLAYS:
             photo, _ = dataset.read(index)
             zoom = max(1, 192 // photo.width)  # small synthetic images are shown enlarged
@@ -139,7 +139,7 @@ def evaluate_and_draw(checkpoint: Path, cfg: TrainConfig, overlay_dir: Path):
             path = overlay_dir / f"{Path(dataset.samples[index].image).stem}.png"
             save_image(picture, path)
             overlays.append(path)
-    return matrix.compute(), overlays
+    return evaluator.evaluate(), overlays
 
 
 def summary(run_dir: Path, checkpoint: Path, metrics: dict, overlays: list[Path], minutes) -> str:

@@ -148,11 +148,10 @@ def inference_options(args: argparse.Namespace, checkpoint: dict, *, tta: bool):
 
 
 def resolve_device(args: argparse.Namespace):
-    """--device, overridden by -g/--gpu when given (-1 = CPU)."""
+    """--device and -g/--gpu by the rule of every command (`segworks.devices.device_name`)."""
     from segworks import devices
 
-    name = args.device if args.gpu is None else devices.gpu_device_name(args.gpu)
-    return devices.resolve_device(name)
+    return devices.device_from_args(args)
 
 
 def checkpoint_task(checkpoint: dict, path: str | Path) -> str:

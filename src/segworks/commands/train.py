@@ -3,7 +3,8 @@
 The RefineNet seed's flags work as they did (`-g 0 -tt train.txt -tr images/ -ta annotations/
 -e 500 -b 16 -n 21 -l 0.0001`), with the seed's schedule (x0.1 at epochs 10, 50, then every
 100) and weights every 10 epochs unless --schedule / --snapshot-every say otherwise; `--data DIR|SPEC` is the short way for any layout segworks
-reads. Every other flag maps to the TrainConfig field of the same name.
+reads. Every other flag maps to the TrainConfig field of the same name; `--task instance`
+starts from the `instance` recipe and refuses the flags only semantic data can use.
 
 Exit codes: 0 done; 1 training diverged (NaN/inf loss; the last good checkpoint is kept);
 2 bad input (data, flags, files); 130 interrupted (an `interrupt.pt` to resume from is saved).
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from segworks.config import LOSSES, OPTIMIZERS, SCHEDULES, TASKS, TrainConfig
+from segworks.devices import device_name
 from segworks.errors import SegworksError
 from segworks.recipes import RECIPES, recipe_settings
 
@@ -95,6 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="default poly; with the seed's -tt/-tr/-ta flags the seed's step "
                        "schedule (x0.1 at epochs 10, 50, then every 100; epoch_N.pt every 10)")  # fmt: skip
     optim.add_argument("--warmup", type=int, metavar="ITERS", help="linear warm-up iterations")
+    optim.add_argument("--milestones", type=float, nargs="+", metavar="FRACTION",
+                       help="multistep: x0.1 at these fractions of the run (default 0.75 0.9)")  # fmt: skip
     optim.add_argument("--accum-steps", type=int, help="micro-batches per optimizer step")
     optim.add_argument("--clip-grad", type=float, metavar="NORM")
     optim.add_argument("--loss", choices=LOSSES)
@@ -135,21 +139,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--patience", type=int, help="early stop after N epochs without progress")
     run.add_argument("--snapshot-every", type=int, metavar="N", help="epoch_N.pt (default 10)")
 
-    instance = parser.add_argument_group("instance segmentation (--task instance)")
-    instance.add_argument("--gamma", type=float, default=1.0, help="mask loss weight")
-    instance.add_argument("--roi-size", type=int, default=14)
-    instance.add_argument("--bn2affine", action="store_true", help="BatchNorm -> frozen affine")
-    instance.add_argument("--min-size", type=int, help="shortest side (default: the model's)")
-    instance.add_argument("--max-size", type=int, help="longest side (default: the model's)")
-    instance.add_argument("--instance-format", default="auto")
+    instance = parser.add_argument_group(
+        "instance segmentation (--task instance; trains with --recipe instance unless told)"
+    )
+    instance.add_argument("--gamma", type=float, help="mask loss weight (default 1)")
+    instance.add_argument("--roi-size", type=int, help="mask head RoIAlign size (default 14)")
+    instance.add_argument("--bn2affine", action="store_true", default=None,
+                          help="BatchNorm -> frozen affine")  # fmt: skip
+    instance.add_argument("--min-size", type=int, help="shortest side (recipe: 800)")
+    instance.add_argument("--max-size", type=int, help="longest side (recipe: 1333)")
+    instance.add_argument("--instance-format", choices=("auto", "coco", "labelme", "via", "voc"))
+    instance.add_argument("--val-data", metavar="ANNOTATIONS", help="a separate validation set")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.task == "instance":
-        from segworks.engine.instance import run_train
-
-        check_out(args.out or "runs/instance", resume=args.resume, overwrite=args.overwrite)
-        return int(run_train(args) or 0)
     from segworks.engine.train import TrainingDiverged, train
 
     cfg = config_from_args(args)
@@ -180,8 +183,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = _given_fields(args)
     if args.resume:
         return _resume_config(args.resume, given)
-    if getattr(args, "recipe", None):
-        given = recipe_settings(args.recipe, given)
+    recipe = getattr(args, "recipe", None)
+    if given.get("task") == "instance":
+        _refuse_normalisation(given)
+        recipe = recipe or "instance"
+    if recipe:
+        given = recipe_settings(recipe, given)
     if given.get("train_list") or given.get("train_images"):
         for key, value in SEED_DEFAULTS.items():
             given.setdefault(key, value)
@@ -195,9 +202,9 @@ def _given_fields(args: argparse.Namespace) -> dict[str, Any]:
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     if args.model_arg:
         given["model_kwargs"] = parse_model_args(args.model_arg)
-    if args.gpu is not None and "device" not in given:
-        given["device"] = "cpu" if args.gpu < 0 else f"cuda:{args.gpu}"
-    for key in ("scale_range", "mean", "std"):
+    if args.gpu is not None or "device" in given:
+        given["device"] = device_name(given.get("device"), args.gpu)
+    for key in ("scale_range", "mean", "std", "milestones"):
         if key in given:
             given[key] = tuple(given[key])
     if "eval_size" in given:
@@ -222,6 +229,14 @@ def _resume_config(resume: str, given: dict[str, Any]) -> TrainConfig:
     if "out" not in given:
         config["out"] = str(Path(resume) if Path(resume).is_dir() else Path(resume).parent)
     return TrainConfig.from_dict(config)
+
+
+def _refuse_normalisation(given: dict[str, Any]) -> None:
+    for key in ("mean", "std"):
+        if key in given:
+            raise SegworksError(
+                f"--{key} does not apply to --task instance: Mask R-CNN normalises its input itself"
+            )
 
 
 def parse_model_args(items: list[str]) -> dict[str, Any]:

@@ -48,9 +48,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD, DatasetMeta
+from segworks.engine.evaluators import SemanticEvaluator, inference_on_dataset
 from segworks.errors import DataError
 from segworks.inference import InferenceOptions, Predictor
 from segworks.metrics import ConfusionMatrix, segmentation_metrics
@@ -92,28 +92,51 @@ def evaluate(
         options=options,
         channel_order=channel_order,
     )
-    total = ConfusionMatrix(meta.num_classes, class_names=list(meta.class_names), device="cpu")
-    ranking = _Ranking(collect_samples)
-    per_image = []
-    bar = tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress, leave=False)
-    for index in bar:
-        image, gt = dataset.read(index)
-        path = _image_path(dataset, index)
-        pred = predictor.predict(image).labels
-        scores = _score_image(total, pred, gt, meta.num_classes, path or f"image {index}")
-        name = path.name if path else f"image_{index}"
-        per_image.append({"index": index, "name": name, "image_path": _str(path), **scores})
-        ranking.offer(per_image[-1], image, gt, pred)
-        if progress:
-            bar.set_postfix(miou=f"{total.compute()['miou']:.3f}")
-    results = total.compute()
-    results["confusion_matrix"] = total.matrix.tolist()
-    results["num_images"] = len(per_image)
-    results["per_image"] = per_image
+    scores = _ImageScores(meta, dataset, collect_samples)
+
+    def batches():
+        for index in range(len(dataset)):
+            image, gt = dataset.read(index)
+            yield image, (index, image, gt)
+
+    predict = lambda image, _: predictor.predict(image).labels  # noqa: E731
+    results = inference_on_dataset(predict, batches(), scores, progress=progress, desc=desc)
     results["settings"] = {"task": meta.task, **_jsonable(dataclasses.asdict(options))}
-    if collect_samples > 0:
-        results["samples"] = ranking.samples()
     return results
+
+
+class _ImageScores:
+    """The evaluator of `evaluate`: a `SemanticEvaluator` over the dataset, each image's own
+    mIoU and pixel accuracy, and the worst and best images for the report."""
+
+    def __init__(self, meta: DatasetMeta, dataset, collect_samples: int):
+        self.meta, self.dataset, self.collect = meta, dataset, collect_samples
+        names = list(meta.class_names)
+        self.total = SemanticEvaluator(meta.num_classes, class_names=names, device="cpu")
+        self.reset()
+
+    def reset(self) -> None:
+        self.total.reset()
+        self.per_image: list[dict[str, Any]] = []
+        self.ranking = _Ranking(self.collect)
+
+    def process(self, inputs: tuple, outputs: np.ndarray) -> None:
+        index, image, gt = inputs
+        path = _image_path(self.dataset, index)
+        where = path or f"image {index}"
+        scores = _score_image(self.total.matrix, outputs, gt, self.meta.num_classes, where)
+        name = path.name if path else f"image_{index}"
+        self.per_image.append({"index": index, "name": name, "image_path": _str(path), **scores})
+        self.ranking.offer(self.per_image[-1], image, gt, outputs)
+
+    def evaluate(self) -> dict[str, Any]:
+        results = self.total.evaluate()
+        results["confusion_matrix"] = self.total.matrix.matrix.tolist()
+        results["num_images"] = len(self.per_image)
+        results["per_image"] = self.per_image
+        if self.collect > 0:
+            results["samples"] = self.ranking.samples()
+        return results
 
 
 def _score_image(
