@@ -18,10 +18,10 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from segworks.coco_eval import outputs_to_coco_results
-from segworks.data.instances import IMAGE_SUFFIXES
 from segworks.devices import device_from_args
 from segworks.errors import DataError
 from segworks.fileio import save_image, save_json
+from segworks.suffixes import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
