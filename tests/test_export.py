@@ -28,8 +28,8 @@ from segworks.cli import main
 from segworks.engine.instance import instance_meta
 from segworks.errors import SegworksError
 from segworks.export import ParityError, export_instance_model, export_model, sample_image
+from segworks.inference.onnx import read_metadata
 from segworks.models import MODELS, build_model
-from segworks.onnx_predict import read_metadata
 
 SIZE = (32, 48)
 # Fixed-backbone aliases (refinenet_resnet101, ...) export the same classes as their generic

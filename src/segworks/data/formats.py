@@ -32,6 +32,8 @@ from segworks.errors import DataError
 from segworks.fileio import atomic_path, save_image, save_json
 
 MASK_FORMATS = ("palette", "index", "binary", "rgb", "npy", "labelme")
+# Photo files segworks reads (prediction inputs, instance datasets), in lookup order.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
 SLIDE_MAX_PIXELS = 2_000_000_000  # sliding-window prediction reads images up to this size
 Colour = tuple[int, int, int]
 

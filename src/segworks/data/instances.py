@@ -53,6 +53,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from segworks import IGNORE_INDEX
+from segworks.data.formats import IMAGE_SUFFIXES
 from segworks.errors import DataError, SegworksError
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,6 @@ FORMATS = ("coco", "labelme", "via", "voc")
 IGNORE_NAME = "__ignore__"
 SKIPPED_NAMES = {"_background_", "__background__", IGNORE_NAME}
 IGNORE_LABEL = 0  # the label of an ignore region (always iscrowd=1)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 @dataclass

@@ -40,8 +40,8 @@ from tqdm import tqdm
 
 from segworks.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from segworks.coco_eval import CocoEvaluator, format_metrics
+from segworks.data.formats import IMAGE_SUFFIXES
 from segworks.data.instances import (
-    IMAGE_SUFFIXES,
     InstanceDataset,
     InstanceSet,
     collate_instances,

@@ -1,4 +1,4 @@
-"""`segworks predict --onnx MODEL.onnx INPUTS --out DIR` with ONNX Runtime, numpy and PIL only.
+"""Prediction with a model from `segworks export`: ONNX Runtime, numpy and PIL only.
 
 Nothing on this path imports torch (a test runs it with torch blocked), so a deployment needs
 only onnxruntime, numpy, pillow and segworks. The model must come from `segworks export`: its
@@ -14,7 +14,6 @@ drawing, one mask per detection, COCO results JSON. Videos are not supported her
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import dataclass
@@ -27,6 +26,9 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from segworks.errors import DataError, SegworksError
+from segworks.inference.inputs import collect_inputs
+from segworks.inference.instances import InstanceWriter, keep_confident
+from segworks.inference.writer import Writer
 
 __all__ = ["OnnxDetector", "OnnxPrediction", "OnnxSegmenter", "predict_onnx", "read_metadata"]
 
@@ -41,57 +43,60 @@ class OnnxPrediction:
     prob: np.ndarray | None = None  # binary: foreground probability (H, W) float32
 
 
-def predict_onnx(args: argparse.Namespace) -> int:
-    """The `predict --onnx` command. Uses args.onnx (model), args.inputs (files, folders,
-    globs), args.out (folder) and, when present, args.alpha, args.no_legend, args.threshold,
-    args.skip_bad; for a Mask R-CNN model args.score_threshold, args.contour, args.coco_json."""
-    from segworks.commands.predict import Writer, collect_inputs
-
-    session, info = open_session(Path(args.onnx))
-    items = collect_inputs(list(args.inputs))
+def predict_onnx(
+    model: Path,
+    inputs: list[str],
+    out: Path,
+    *,
+    alpha: float = 0.5,
+    legend: bool = True,
+    threshold: float | None = None,
+    skip_bad: bool = False,
+    score_threshold: float = 0.5,
+    contour: bool = False,
+    coco_json: Path | None = None,
+) -> int:
+    """Predict `inputs` (image files, folders, globs) with the exported `model` into `out`;
+    returns the number of images written. A semantic model uses alpha, legend and threshold
+    (binary foreground cut, default 0.5); a Mask R-CNN score_threshold, contour and coco_json.
+    With skip_bad an unreadable image is logged and skipped instead of raising DataError."""
+    session, info = open_session(Path(model))
+    items = collect_inputs(list(inputs))
     videos = [str(item.path) for item in items if item.video]
     if videos:
         raise SegworksError(f"--onnx predicts images only; got video(s) {videos}")
     if info.get("task") == "instance":
-        return _predict_instances(OnnxDetector(session, info), items, args)
-    segmenter = OnnxSegmenter(Path(args.onnx), session=session, info=info)
+        detector = OnnxDetector(session, info)
+        writer = InstanceWriter(Path(out), detector.meta, contour=contour, coco_json=coco_json)
+        done = _predict_instances(detector, items, writer, score_threshold, skip_bad)
+        writer.finish()
+        return done
+    segmenter = OnnxSegmenter(Path(model), session=session, info=info)
     meta = SimpleNamespace(
         task=segmenter.task, palette=segmenter.palette, class_names=segmenter.class_names
     )
-    alpha = float(getattr(args, "alpha", 0.5))
-    if not 0 <= alpha <= 1:
-        raise SegworksError(f"--alpha must be in [0, 1], got {alpha}")
-    writer = Writer(Path(args.out), meta, alpha=alpha, legend=not getattr(args, "no_legend", False))
-    threshold = getattr(args, "threshold", None)
+    writer = Writer(Path(out), meta, alpha=alpha, legend=legend)
     threshold = 0.5 if threshold is None else float(threshold)
     done = 0
     for item in tqdm(items, desc="predict", unit="img"):
-        image = _read_image(item.path, getattr(args, "skip_bad", False))
-        if image is None:
-            continue
-        writer.write(item.out_stem, image, segmenter.predict(image, threshold=threshold))
-        done += 1
-    print(f"wrote predictions of {done} input(s) to {args.out}")
-    return 0
+        image = _read_image(item.path, skip_bad)
+        if image is not None:
+            writer.write(item.out_stem, image, segmenter.predict(image, threshold=threshold))
+            done += 1
+    return done
 
 
-def _predict_instances(detector: OnnxDetector, items, args: argparse.Namespace) -> int:
-    """Detections of each image, kept above --score-threshold, written as the torch path does."""
-    from segworks.inference.instances import InstanceWriter, keep_confident
-
-    writer = InstanceWriter(
-        Path(args.out),
-        detector.meta,
-        contour=bool(getattr(args, "contour", False)),
-        coco_json=getattr(args, "coco_json", None),
-    )
-    threshold = float(getattr(args, "score_threshold", 0.5))
+def _predict_instances(
+    detector: OnnxDetector, items, writer: InstanceWriter, threshold: float, skip_bad: bool
+) -> int:
+    """Detections of each image, kept above `threshold`, written as the checkpoint path does."""
+    done = 0
     for item in tqdm(items, desc="predict", unit="img"):
-        image = _read_image(item.path, getattr(args, "skip_bad", False))
+        image = _read_image(item.path, skip_bad)
         if image is not None:
             writer.write(item.path, image, keep_confident(detector.predict(image), threshold))
-    writer.finish()
-    return 0
+            done += 1
+    return done
 
 
 def open_session(path: Path) -> tuple[Any, dict[str, Any]]:
