@@ -188,7 +188,7 @@ def test_torchscript_parity_dynamic(name, tmp_path):
 
 # Models whose forward pads, crops or resizes by the input size: the U-Nets (pad to a multiple
 # of the stride, crop back), RefineNet-seed (resizes between stages) and a tutorial net.
-SIZE_DEPENDENT = ["unet", "unet_resnet", "unet_mobilenet_v2", "tutorial_concat", "refinenet_seed"]
+SIZE_DEPENDENT = ["unet", "unet_resnet", "tutorial_concat", "refinenet_seed"]
 
 
 @pytest.mark.parametrize("name", SIZE_DEPENDENT)
