@@ -291,8 +291,9 @@ def test_cli_eval_prints_table_and_writes_json_csv_png(registered, tmp_path, cap
 def test_cli_eval_binary_and_report(registered, tmp_path, monkeypatch):
     calls = {}
 
-    def fake_report(out_dir, results, *, class_names, palette, samples):
+    def fake_report(out_dir, results, *, class_names, palette, samples, provenance):
         calls.update(results=results, class_names=class_names, samples=samples)
+        calls.update(provenance=provenance)
         return Path(out_dir) / "report.html"
 
     import segworks.report
@@ -308,6 +309,7 @@ def test_cli_eval_binary_and_report(registered, tmp_path, monkeypatch):
     assert calls["class_names"] == ["background", "foreground"]
     assert len(calls["results"]["iou"]) == 2 and "samples" not in calls["results"]
     assert [s["group"] for s in calls["samples"]] == ["worst", "best"]
+    assert calls["provenance"]["threshold"] == "0.4"
 
 
 def test_cli_eval_class_count_mismatch_exits_2(registered, tmp_path, capsys):

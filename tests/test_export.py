@@ -23,10 +23,13 @@ from PIL import Image
 from test_models_contract import ALIASES, SMALL_KWARGS
 from torch import nn
 
+from segworks.checkpoint import save_checkpoint
 from segworks.cli import main
+from segworks.engine.instance import instance_meta
+from segworks.errors import SegworksError
 from segworks.export import ParityError, export_instance_model, export_model, sample_image
+from segworks.inference.onnx import read_metadata
 from segworks.models import MODELS, build_model
-from segworks.onnx_predict import read_metadata
 
 SIZE = (32, 48)
 # Fixed-backbone aliases (refinenet_resnet101, ...) export the same classes as their generic
@@ -181,6 +184,39 @@ def test_torchscript_parity_dynamic(name, tmp_path):
         expected = model(x)["out"]
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
     assert torch.equal(labels, expected.argmax(1))
+
+
+# Models whose forward pads, crops or resizes by the input size: the U-Nets (pad to a multiple
+# of the stride, crop back), RefineNet-seed (resizes between stages) and a tutorial net.
+SIZE_DEPENDENT = ["unet", "unet_resnet", "tutorial_concat", "refinenet_seed"]
+
+
+@pytest.mark.parametrize("name", SIZE_DEPENDENT)
+def test_torchscript_runs_at_other_sizes(name, tmp_path):
+    """Exported at 32x48 (a multiple of every stride: no pad), run at odd sizes."""
+    model = small_model(name)
+    path = tmp_path / f"{name}.pt"
+    export_model(model, path, format="torchscript", size=SIZE, include_argmax=True)
+    loaded = torch.jit.load(str(path))
+    for height, width in [(37, 53), (61, 40)]:
+        x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(height))
+        with torch.no_grad():
+            labels, logits = loaded(x)
+            expected = model(x)["out"]
+        assert logits.shape == expected.shape == (1, 3, height, width)
+        scale = max(1.0, float(expected.abs().max()))
+        assert float((logits - expected).abs().max()) < 1e-4 * scale
+        assert torch.equal(labels, expected.argmax(1))
+
+
+def test_torchscript_refuses_the_fixed_size_unet(tmp_path):
+    model = small_model("unet_original")
+    path = tmp_path / "unet_original.pt"
+    with pytest.raises(SegworksError, match="UNetOriginal cannot be exported for any input size"):
+        export_model(model, path, format="torchscript", size=SIZE)
+    assert not path.exists()
+    report = export_model(model, path, format="torchscript", size=SIZE, include_resize=True)
+    assert report["passed"] and len(report["checks"]) == 2  # with --resize it is size-agnostic
 
 
 def test_onnx_dynamic_batch_and_size_without_resize(tmp_path):
@@ -360,6 +396,44 @@ def test_mask_rcnn_onnx_parity(tmp_path):
     assert first["max_abs_masks_diff"] < 1e-3
 
 
+def test_predict_onnx_mask_rcnn_matches_the_checkpoint(tmp_path):
+    """`predict --onnx` on an exported Mask R-CNN gives the detections, drawing and masks of
+    `predict CKPT` on the same image (random weights: the class scores are near 1/3)."""
+    torch.manual_seed(0)
+    model = build_model("maskrcnn_tiny", num_classes=3, width=8)
+    meta = instance_meta(["square", "disc"], [3, 7])
+    checkpoint = tmp_path / "mrcnn.pt"
+    kwargs = {"num_classes": 3, "width": 8}
+    payload = {"model": model.state_dict(), "model_name": "maskrcnn_tiny", "model_kwargs": kwargs}
+    save_checkpoint(checkpoint, payload | {"meta": meta})
+    image = tmp_path / "photo.png"
+    Image.fromarray(_photo(96, 128)).save(image)
+    onnx_file = tmp_path / "mrcnn.onnx"
+    assert main(["export", str(checkpoint), "--out", str(onnx_file), "--size", "96", "128"]) == 0
+    common = [str(image), "--score-threshold", "0.3", "--device", "cpu"]
+    assert main(["predict", str(checkpoint), *common, "--out", str(tmp_path / "torch")]) == 0
+    assert main(["predict", "--onnx", str(onnx_file), *common, "--out", str(tmp_path / "ort")]) == 0
+
+    expected = json.loads((tmp_path / "torch" / "results.json").read_text())
+    got = json.loads((tmp_path / "ort" / "results.json").read_text())
+    assert len(expected) > 0 and len(got) == len(expected)
+    assert [r["category_id"] for r in got] == [r["category_id"] for r in expected]
+    assert {r["category_id"] for r in got} <= {3, 7}
+    np.testing.assert_allclose([r["bbox"] for r in got], [r["bbox"] for r in expected], atol=1e-2)
+    np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in expected], atol=1e-4)
+    torch_masks = sorted(p.name for p in (tmp_path / "torch" / "masks" / "photo").iterdir())
+    ort_masks = sorted(p.name for p in (tmp_path / "ort" / "masks" / "photo").iterdir())
+    assert ort_masks == torch_masks and len(ort_masks) == len(expected)
+    for name in ort_masks:
+        a = np.asarray(Image.open(tmp_path / "torch" / "masks" / "photo" / name), dtype=np.int64)
+        b = np.asarray(Image.open(tmp_path / "ort" / "masks" / "photo" / name), dtype=np.int64)
+        assert (a != b).mean() < 1e-3  # a pixel whose probability sits at 0.5 may flip
+    drawings = [np.asarray(Image.open(tmp_path / d / "photo.png"), float) for d in ("torch", "ort")]
+    assert drawings[0].shape == (96, 128, 3) and np.abs(drawings[0] - drawings[1]).mean() < 0.1
+    _predict_without_torch(onnx_file, [image], tmp_path / "free", "--score-threshold", "0.3")
+    assert json.loads((tmp_path / "free" / "results.json").read_text()) == got
+
+
 # ---------------------------------------------------------------------------------------------
 # torch-free prediction
 
@@ -388,15 +462,15 @@ class ColourClasses(nn.Module):
         return {"out": self.smooth(x)}
 
 
-def _predict_without_torch(model: Path, inputs: list[Path], out: Path) -> None:
-    args = ["predict", "--onnx", str(model), *map(str, inputs), "--out", str(out)]
+def _predict_without_torch(model: Path, inputs: list[Path], out: Path, *flags: str) -> None:
+    args = ["predict", "--onnx", str(model), *map(str, inputs), "--out", str(out), *flags]
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(TORCH_FREE_PREDICT), *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-6000:]
 
 
 def test_onnx_predict_runs_without_torch(tmp_path):

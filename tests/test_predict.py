@@ -197,11 +197,19 @@ def test_video_without_opencv_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 def test_onnx_and_instance_checkpoints_are_delegated(tmp_path, monkeypatch):
     calls = {}
-    onnx_module = types.ModuleType("segworks.onnx_predict")
-    onnx_module.predict_onnx = lambda args: calls.setdefault("onnx", args) and 0
-    monkeypatch.setitem(sys.modules, "segworks.onnx_predict", onnx_module)
-    assert main(["predict", "--onnx", "m.onnx", "a.png", "b.png", "--out", "x"]) == 0
-    assert calls["onnx"].inputs == ["a.png", "b.png"] and calls["onnx"].onnx == "m.onnx"
+    onnx_module = types.ModuleType("segworks.inference.onnx")
+
+    def fake_predict_onnx(model, inputs, out, **options):
+        calls["onnx"] = (model, inputs, out, options)
+        return len(inputs)
+
+    onnx_module.predict_onnx = fake_predict_onnx
+    monkeypatch.setitem(sys.modules, "segworks.inference.onnx", onnx_module)
+    argv = ["predict", "--onnx", "m.onnx", "a.png", "b.png", "--out", "x", "--alpha", "0.3"]
+    assert main(argv) == 0
+    model, inputs, out, options = calls["onnx"]
+    assert (model, inputs, out) == (Path("m.onnx"), ["a.png", "b.png"], Path("x"))
+    assert options["alpha"] == 0.3 and options["legend"] and options["score_threshold"] == 0.5
 
     instance_module = types.ModuleType("segworks.engine.instance")
     instance_module.run_predict = lambda args: calls.setdefault("instance", args) and 0

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 from PIL import Image
+from test_evaluate import tiny_net, write_checkpoint, write_dataset
 
+import segworks
+from segworks import models
+from segworks.checkpoint import load_checkpoint, save_checkpoint
+from segworks.cli import main
 from segworks.report import render_report, write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -77,6 +86,54 @@ def test_report_content(tmp_path):
     assert (
         worst < page.index("img_0.png") < page.index("img_2.png") < best < page.index("img_1.png")
     )
+
+
+def test_report_shows_the_confusion_counts_as_text():
+    page = render_report(_results(), class_names=CLASS_NAMES, palette=PALETTE, samples=[])
+    assert _count_cells(page) == _results()["confusion_matrix"]
+
+
+def _count_cells(page: str) -> list[list[int]]:
+    """The confusion matrix read back from the text of the page's count cells."""
+    cells = re.findall(r'<td class="count" data-gt="(\d+)" data-pred="(\d+)"[^>]*>(\d+)</td>', page)
+    k = int(math.isqrt(len(cells)))
+    matrix = [[-1] * k for _ in range(k)]
+    for gt, pred, count in cells:
+        matrix[int(gt)][int(pred)] = int(count)
+    return matrix
+
+
+def test_eval_report_states_what_produced_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(models.MODELS, "tiny_net", tiny_net)
+    data = write_dataset(tmp_path / "data", num_classes=3)
+    checkpoint_path = write_checkpoint(tmp_path / "model.pt", num_classes=3)
+    checkpoint = load_checkpoint(checkpoint_path)
+    save_checkpoint(checkpoint_path, checkpoint | {"epoch": 7, "best": {"epoch": 5}})
+    out = tmp_path / "rep"
+    argv = ["eval", str(checkpoint_path), "--data", str(data), "--report", str(out)]
+    argv += ["--json", str(tmp_path / "r.json"), "--long-side", "24", "--no-progress"]
+    assert main(argv) == 0
+    page = (out / "report.html").read_text(encoding="utf-8")
+    provenance = page[page.index('id="provenance"') : page.index('id="summary"')]
+    expected = [
+        str(checkpoint_path.resolve()),
+        "tiny_net",
+        "7 (best mIoU at epoch 5)",
+        str(data.resolve()),
+        "val (3 images)",
+        "whole",
+        "24 px",
+        "<th>TTA</th><td>off</td>",
+        "0.5 (binary models only; not used)",
+        torch.__version__,
+        torchvision.__version__,
+        f"segworks</th><td>{segworks.__version__}",
+        time.strftime("%Y-%m-%d"),
+    ]
+    assert [text for text in expected if text not in provenance] == []
+    scored = json.loads((tmp_path / "r.json").read_text())["variants"]["plain"]
+    assert _count_cells(page) == scored["confusion_matrix"]
+    assert sum(map(sum, scored["confusion_matrix"])) > 0
 
 
 def test_report_rejects_mismatched_sample():

@@ -18,12 +18,15 @@ import contextlib
 import io
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "CocoEvaluator",
@@ -92,14 +95,16 @@ def coco_from_dataset(dataset) -> COCO:
 def outputs_to_coco_results(
     image_id: int, output: Mapping[str, Tensor], label_to_category: Mapping[int, int] | None = None
 ) -> list[dict]:
-    """COCO result entries (bbox xywh, score, category_id, segmentation RLE) of one output."""
-    boxes = output["boxes"].detach().cpu().float()
-    labels = output["labels"].cpu().tolist()
-    scores = output["scores"].detach().cpu().tolist()
+    """COCO result entries (bbox xywh, score, category_id, segmentation RLE) of one output.
+
+    The output's values may be tensors or numpy arrays (an ONNX model's outputs)."""
+    boxes = _numpy(output["boxes"]).astype(np.float32)
+    labels = _numpy(output["labels"]).tolist()
+    scores = _numpy(output["scores"]).tolist()
     masks = output.get("masks")
     if masks is not None:
-        masks = masks.detach().cpu()
-        masks = (masks[:, 0] > 0.5) if masks.ndim == 4 else masks.bool()
+        masks = _numpy(masks)
+        masks = (masks[:, 0] > 0.5) if masks.ndim == 4 else masks.astype(bool)
     results = []
     for index, (box, label, score) in enumerate(zip(boxes.tolist(), labels, scores)):
         category = label_to_category[label] if label_to_category else label
@@ -110,9 +115,16 @@ def outputs_to_coco_results(
             "score": float(score),
         }
         if masks is not None:
-            entry["segmentation"] = encode_mask(masks[index].numpy())
+            entry["segmentation"] = encode_mask(masks[index])
         results.append(entry)
     return results
+
+
+def _numpy(values) -> np.ndarray:
+    """A tensor (any device) or array as a numpy array."""
+    if hasattr(values, "detach"):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
 
 
 class CocoEvaluator:

@@ -25,6 +25,13 @@ torch 2.4 .. 2.14. Class names, palette, normalisation and the wrapper's options
 JSON under the "segworks" key of the ONNX model's metadata_props (TorchScript: the extra file
 "segworks.json"), so `segworks predict --onnx` needs nothing else.
 
+TorchScript files take any batch, height and width: the wrapper is traced, and the models'
+size-dependent steps (pads to a multiple of the stride, crops, resizes) are written so that the
+tracer records them as functions of the input size, not as the example size's constants. Every
+TorchScript export is therefore checked at a second size too. A model that cannot be traced that
+way sets a `fixed_size_trace` reason (the paper's U-Net); export refuses it without
+include_resize, as it does ONNX with dynamic axes.
+
 `export_instance_model` does the same for torchvision-style Mask R-CNN models (opset >= 11):
 input one float32 image (3, H, W) in 0..1, outputs boxes, labels, scores, masks.
 """
@@ -150,13 +157,17 @@ def export_model(
     """Export a semantic model, check it against PyTorch, and return the parity report.
 
     `size` is the (H, W) the model runs at (the trace size; with include_resize every input is
-    resized to it). `dynamic` makes batch, height and width dynamic axes. `metadata` (class
+    resized to it). `dynamic` makes batch, height and width dynamic axes (always so for
+    TorchScript). `metadata` (class
     names, palette, task, ...) is stored in the file. `sample` is an optional uint8 (H, W, 3)
     image for the check; by default a synthetic one is drawn. Raises ParityError on mismatch.
     """
     if format not in FORMATS:
         raise SegworksError(f"format must be one of {FORMATS}, got {format!r}")
     _check_size(size)
+    dynamic = dynamic or format == "torchscript"  # a trace takes any size (see module doc)
+    if dynamic and not include_resize:
+        _check_size_agnostic(model, format)
     wrapper = ExportWrapper(
         model.eval(),
         size=size,
@@ -207,6 +218,16 @@ def export_model(
         if not report["passed"]:
             raise ParityError(_failure_text(report), report)
     return report
+
+
+def _check_size_agnostic(model: nn.Module, format: str) -> None:
+    """Refuse a model whose traced graph would only work at the example size."""
+    reason = getattr(model, "fixed_size_trace", None)
+    if reason:
+        raise SegworksError(
+            f"{type(model).__name__} cannot be exported for any input size ({reason}); "
+            f"export it with --resize, so that the {format} graph resizes every input to --size"
+        )
 
 
 def sample_image(size: tuple[int, int], *, seed: int = 0) -> np.ndarray:
@@ -475,8 +496,10 @@ def _check_images(
 
 
 def _other_size(size: Sequence[int]) -> tuple[int, int]:
-    """A second check size, different from the trace size in both dimensions."""
-    return int(size[0]) + 32, int(size[1]) + 64
+    """A second check size, different from the trace size in both dimensions and odd, so that
+    a pad to a multiple of the stride that the trace skipped at the example size shows."""
+    height, width = int(size[0]) + 21, int(size[1]) + 35
+    return height | 1, width | 1
 
 
 def _resize_uint8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Self-contained HTML evaluation report: one file, no network, viewable in any browser.
 
-write_report(out_dir, results, *, class_names, palette, samples) -> Path
+write_report(out_dir, results, *, class_names, palette, samples, provenance=None) -> Path
 
     out_dir      folder to write into (created); the report is ``out_dir / "report.html"``,
                  written atomically, and that path is returned.
@@ -16,10 +16,12 @@ write_report(out_dir, results, *, class_names, palette, samples) -> Path
                   "pred": np.int64 (H, W), "miou": float}. They are sorted by "miou"; the
                  lower half (rounded up) is shown as "worst", the rest as "best". An optional
                  "group": "worst" | "best" key overrides that split.
+    provenance   what produced the numbers, as ordered label -> text pairs (checkpoint, data,
+                 split, inference settings, versions, date); shown first, in a table.
 
-The page holds a summary table, a per-class IoU bar chart (inline SVG, one ``rect.bar`` per class
-with a finite IoU), a confusion-matrix heat map (inline SVG, rows normalised to the ground truth)
-and, per sample, a panel of image / ground truth / prediction / error map (wrong pixels red) with
+The page holds the provenance table, a summary table, a per-class IoU bar chart (inline SVG, one ``rect.bar`` per class
+with a finite IoU), a confusion-matrix heat map (inline SVG, rows normalised to the ground truth) followed by a
+table of its pixel counts (one ``td.count`` per entry, shaded like the heat map) and, per sample, a panel of image / ground truth / prediction / error map (wrong pixels red) with
 a legend of the classes present. Images are base64 PNG data URIs; there is no script, external
 stylesheet or font.
 """
@@ -41,7 +43,7 @@ from segworks import IGNORE_INDEX
 from segworks.fileio import save_text
 from segworks.visualize import colorize, error_map
 
-__all__ = ["write_report", "render_report"]
+__all__ = ["write_report", "render_report", "confusion_table"]
 
 SUMMARY_KEYS = (
     ("miou", "mIoU"),
@@ -66,6 +68,9 @@ th:first-child, td:first-child { text-align: left; }
 .panel figure { display: inline-block; margin: 0 .5em .5em 0; vertical-align: top; }
 .panel figcaption { font-size: .85em; color: #555; }
 .panel img { image-rendering: pixelated; width: 260px; height: auto; border: 1px solid #ccc; }
+table.provenance th { text-align: left; font-weight: 600; }
+table.provenance td { text-align: left; font-family: ui-monospace, monospace; }
+td.count { font-variant-numeric: tabular-nums; }
 svg text { font-family: system-ui, sans-serif; }
 """
 
@@ -77,9 +82,12 @@ def write_report(
     class_names: list[str],
     palette: Sequence[Sequence[int]],
     samples: list[dict[str, Any]],
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` (see the module docstring) and return its path."""
-    page = render_report(results, class_names=class_names, palette=palette, samples=samples)
+    page = render_report(
+        results, class_names=class_names, palette=palette, samples=samples, provenance=provenance
+    )
     path = Path(out_dir) / "report.html"
     save_text(page, path)
     return path
@@ -91,11 +99,13 @@ def render_report(
     class_names: list[str],
     palette: Sequence[Sequence[int]],
     samples: list[dict[str, Any]],
+    provenance: dict[str, Any] | None = None,
 ) -> str:
     """The report as one HTML string."""
     palette = _check_palette(palette, len(class_names))
     body = [
         "<h1>segworks evaluation report</h1>",
+        _provenance_section(provenance or {}),
         _summary_section(results),
         _per_class_section(results, class_names, palette),
         _confusion_section(results, class_names),
@@ -112,6 +122,19 @@ def render_report(
 
 # ---------------------------------------------------------------------------------------------
 # sections
+
+
+def _provenance_section(provenance: dict[str, Any]) -> str:
+    if not provenance:
+        return ""
+    rows = "".join(
+        f"<tr><th>{html.escape(str(label))}</th><td>{html.escape(str(value))}</td></tr>"
+        for label, value in provenance.items()
+    )
+    return (
+        '<section id="provenance"><h2>Produced by</h2>'
+        f'<table class="provenance">{rows}</table></section>'
+    )
 
 
 def _summary_section(results: dict[str, Any]) -> str:
@@ -173,6 +196,8 @@ def _confusion_section(results: dict[str, Any], class_names: list[str]) -> str:
         '<section id="confusion"><h2>Confusion matrix</h2>'
         "<p>Rows: ground truth; columns: prediction; colour: share of the row's pixels.</p>"
         + confusion_heatmap(matrix, class_names)
+        + "<p>Pixel counts (rows: ground truth; columns: prediction):</p>"
+        + confusion_table(matrix, class_names)
         + "</section>"
     )
 
@@ -300,6 +325,29 @@ def confusion_heatmap(matrix: np.ndarray, class_names: list[str]) -> str:
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def confusion_table(matrix: np.ndarray, class_names: list[str]) -> str:
+    """The confusion matrix as text: one ``td.count`` per entry, shaded by its share of the row."""
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    names = [html.escape(name) for name in class_names]
+    head = "<tr><th>gt \\ pred</th>" + "".join(f"<th>{n}</th>" for n in names) + "</tr>"
+    body = []
+    for g, name in enumerate(names):
+        cells = "".join(
+            f'<td class="count" data-gt="{g}" data-pred="{p}" style="background: '
+            f'{_shade(share[g, p])}">{int(matrix[g, p])}</td>'
+            for p in range(len(names))
+        )
+        body.append(f"<tr><th>{name}</th>{cells}</tr>")
+    return f'<table class="confusion-counts">{head}{"".join(body)}</table>'
+
+
+def _shade(share: float) -> str:
+    """White to light blue: black text stays readable on a full row."""
+    level = int(round(255 - 135 * share))
+    return f"rgb({level},{level},255)"
 
 
 # ---------------------------------------------------------------------------------------------

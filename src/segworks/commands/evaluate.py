@@ -15,6 +15,7 @@ import csv
 import io
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 from segworks.commands.predict import (
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         options = inference_options(args, checkpoint, tta=tta)
         results[name] = evaluate_variant(args, checkpoint, model, dataset, options, device, name)
     print_results(results, args, len(dataset))
-    write_outputs(args, results, meta)
+    write_outputs(args, results, meta, checkpoint)
     return 0
 
 
@@ -211,7 +212,9 @@ def print_results(results: dict[str, dict], args: argparse.Namespace, count: int
     print(f"\n(absent classes: {ABSENT_POLICY})")
 
 
-def write_outputs(args: argparse.Namespace, results: dict[str, dict], meta) -> None:
+def write_outputs(
+    args: argparse.Namespace, results: dict[str, dict], meta, checkpoint: dict
+) -> None:
     from segworks.fileio import save_json, save_text
 
     main = results["tta"] if "tta" in results else results["plain"]
@@ -241,8 +244,70 @@ def write_outputs(args: argparse.Namespace, results: dict[str, dict], meta) -> N
             class_names=list(meta.class_names),
             palette=list(meta.palette),
             samples=main.get("samples", []),
+            provenance=report_provenance(args, checkpoint, main),
         )
         print(f"report: {path}")
+
+
+def report_provenance(args: argparse.Namespace, checkpoint: dict, numbers: dict) -> dict:
+    """What produced the report's numbers: checkpoint, data, inference settings, versions."""
+    from datetime import datetime
+
+    import torch
+    import torchvision
+
+    import segworks
+
+    settings = numbers["settings"]
+    return {
+        "checkpoint": _where(args.checkpoint),
+        "model": checkpoint.get("model_name", "unknown"),
+        "epoch": _epoch_text(checkpoint),
+        "data": _where(args.data or args.train_images),
+        "split": f"{args.split} ({numbers.get('num_images', '?')} images)",
+        **settings_text(settings),
+        "segworks": segworks.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "generated": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def settings_text(settings: dict) -> dict[str, str]:
+    """The inference settings of one variant as report rows."""
+    mode = settings["mode"]
+    if mode == "slide":
+        tile = "x".join(str(v) for v in settings["tile"])
+        mode += f" (tile {tile}, overlap {settings['overlap']})"
+    size = settings.get("size")
+    tta = "off"
+    if settings["tta_flip"] or list(settings["tta_scales"]) != [1.0]:
+        flip = "flip, " if settings["tta_flip"] else ""
+        tta = flip + "scales " + " ".join(f"{s:g}" for s in settings["tta_scales"])
+    threshold = f"{settings['threshold']:g}"
+    if settings.get("task") != "binary":
+        threshold += " (binary models only; not used)"
+    return {
+        "mode": mode,
+        "long side": f"{settings['long_side']} px" if settings.get("long_side") else "original",
+        "size": "x".join(str(v) for v in size) if size else "original",
+        "TTA": tta,
+        "threshold": threshold,
+    }
+
+
+def _where(text) -> str:
+    """An existing path made absolute; a data spec that is not a path, as given."""
+    path = Path(text)
+    return str(path.resolve()) if path.exists() else str(text)
+
+
+def _epoch_text(checkpoint: dict) -> str:
+    epoch = checkpoint.get("epoch")
+    if epoch is None:
+        return "unknown (not recorded in the checkpoint)"
+    best = (checkpoint.get("best") or {}).get("epoch")
+    return f"{epoch}" + (f" (best mIoU at epoch {best})" if best is not None else "")
 
 
 def csv_text(results: dict[str, dict]) -> str:

@@ -41,7 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resize", action="store_true", help="resize any input to --size and back in the graph"
     )
     parser.add_argument("--argmax", action="store_true", help="add a 'labels' output (argmax)")
-    parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    parser.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="ONNX: dynamic batch, height and width (TorchScript always is)",
+    )
     parser.add_argument(
         "--opset", type=int, default=None, help="ONNX opset (default 17; 11 for Mask R-CNN)"
     )
@@ -126,6 +130,7 @@ def _metadata(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "ignore_index": meta.get("ignore_index", 255),
         "mean": list(meta.get("mean") or IMAGENET_MEAN),
         "std": list(meta.get("std") or IMAGENET_STD),
+        "category_ids": meta.get("category_ids"),
     }
 
 

@@ -8,33 +8,26 @@ Per image, at the input's original size, into --out (folder inputs keep their su
   binary    <stem>_prob.png     foreground probability, 0..255
             <stem>_mask.png     foreground where probability > --threshold: 0 / 255
             <stem>_overlay.png  the foreground blended over the photo
-Videos (.mp4 .avi .mov .mkv .webm ...) give <stem>_overlay.mp4 (needs OpenCV).
+Videos (.mp4 .avi .mov .mkv .webm ...) give <stem>_overlay.mp4 (needs OpenCV). A Mask R-CNN
+checkpoint (or ONNX file) gives the files of segworks.inference.instances instead.
 
 Images of the same size (or all images, with --size) are run --batch-size at a time. With
 --tile (or --mode slide) large images are predicted window by window (Gaussian-blended), and
 --batch-size counts windows instead. This module imports torch only when it runs a checkpoint, so
-`--onnx MODEL.onnx` works without torch.
+`--onnx MODEL.onnx` works without torch. The work is done in segworks.inference: `inputs`
+(collecting files), `images` (batched prediction), `writer` (the PNGs), `video`, `onnx`.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from segworks.errors import DataError, SegworksError
 from segworks.outputs import check_output_dir
-from segworks.suffixes import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-GLOB_CHARS = set("*?[")
 
 
 # --------------------------------------------------------------------------- arguments
@@ -182,10 +175,10 @@ def _pair_flag(values, name: str) -> tuple[int, int] | None:
 def run(args: argparse.Namespace) -> int:
     _split_paths(args)
     check_output_dir(args.out, "--out")
+    if not 0 <= args.alpha <= 1:
+        raise SegworksError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.onnx:
-        from segworks.onnx_predict import predict_onnx
-
-        return int(predict_onnx(args) or 0)
+        return run_onnx(args)
     from segworks.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
@@ -195,38 +188,54 @@ def run(args: argparse.Namespace) -> int:
         from segworks.engine.instance import run_predict
 
         return int(run_predict(args) or 0)
-    if not 0 <= args.alpha <= 1:
-        raise SegworksError(f"--alpha must be in [0, 1], got {args.alpha}")
     options = inference_options(args, checkpoint, tta=tta_requested(args))
     if options.long_side and options.size is None:
         print(f"inputs are resized to a longer side of {options.long_side} px (the checkpoint's "
               "training scale) and the labels resized back; --long-side 0 keeps the original "
               "size")  # fmt: skip
     predictor, meta = build_predictor(checkpoint, args.checkpoint, options, resolve_device(args))
-    items = collect_inputs(args.inputs)
-    writer = Writer(Path(args.out), meta, alpha=args.alpha, legend=not args.no_legend)
-    with large_images(options.mode):
-        done = _predict_items(predictor, items, writer, args)
+    done = predict_items(predictor, meta, options, args)
     print(f"wrote predictions of {done} input(s) to {args.out}")
     return 0
 
 
-def large_images(mode: str):
-    """Sliding-window prediction is for large images: PIL's 179-megapixel guard is raised."""
-    from contextlib import nullcontext
+def run_onnx(args: argparse.Namespace) -> int:
+    """`--onnx MODEL`: segworks.inference.onnx, which needs no torch."""
+    from segworks.inference.onnx import predict_onnx
 
-    from segworks.data.formats import SLIDE_MAX_PIXELS, pixel_limit
-
-    return pixel_limit(SLIDE_MAX_PIXELS) if mode == "slide" else nullcontext()
-
-
-def _predict_items(predictor, items, writer, args: argparse.Namespace) -> int:
-    images = [item for item in items if not item.video]
-    done = predict_images(
-        predictor, images, writer, batch_size=args.batch_size, skip_bad=args.skip_bad
+    done = predict_onnx(
+        Path(args.onnx),
+        args.inputs,
+        Path(args.out),
+        alpha=args.alpha,
+        legend=not args.no_legend,
+        threshold=args.threshold,
+        skip_bad=args.skip_bad,
+        score_threshold=args.score_threshold,
+        contour=args.contour,
+        coco_json=Path(args.coco_json) if args.coco_json else None,
     )
+    print(f"wrote predictions of {done} input(s) to {args.out}")
+    return 0
+
+
+def predict_items(predictor, meta, options, args: argparse.Namespace) -> int:
+    """Images in size-grouped batches, then each video; the number of inputs written."""
+    from segworks.inference.images import large_images, predict_images
+    from segworks.inference.inputs import collect_inputs
+    from segworks.inference.writer import Writer
+
+    items = collect_inputs(args.inputs)
+    writer = Writer(Path(args.out), meta, alpha=args.alpha, legend=not args.no_legend)
+    images = [item for item in items if not item.video]
+    with large_images(options.mode):
+        done = predict_images(
+            predictor, images, writer, batch_size=args.batch_size, skip_bad=args.skip_bad
+        )
     for item in items:
         if item.video:
+            from segworks.inference.video import predict_video
+
             predict_video(predictor, item, writer, batch_size=args.batch_size)
             done += 1
     return done
@@ -266,233 +275,3 @@ def _split_paths(args: argparse.Namespace) -> None:
         raise SegworksError("no input given: name image files, folders, globs or videos")
     if args.batch_size < 1:
         raise SegworksError(f"--batch-size must be >= 1, got {args.batch_size}")
-
-
-# --------------------------------------------------------------------------- inputs
-@dataclass(frozen=True)
-class InputItem:
-    path: Path
-    out_stem: Path  # relative to --out, without the _index.png etc. suffix
-    video: bool = False
-
-
-def collect_inputs(inputs: list[str]) -> list[InputItem]:
-    """Expand files, folders (recursive) and globs; output stems are made unique."""
-    items: list[InputItem] = []
-    seen: set[Path] = set()
-    for text in inputs:
-        for path, stem in _expand(text):
-            unique, number = stem, 1
-            while unique in seen:
-                number += 1
-                unique = stem.with_name(f"{stem.name}_{number}")
-            if unique != stem:
-                log.warning("%s: output name %s is taken, writing %s", path, stem, unique)
-            seen.add(unique)
-            items.append(InputItem(path, unique, path.suffix.lower() in VIDEO_SUFFIXES))
-    return items
-
-
-def _expand(text: str) -> Iterator[tuple[Path, Path]]:
-    path = Path(text)
-    if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file() and _is_media(p))
-        if not found:
-            raise DataError(path, "folder holds no image or video files")
-        for file in found:
-            yield file, file.relative_to(path).with_suffix("")
-    elif path.is_file():
-        yield path, Path(path.stem)
-    elif GLOB_CHARS & set(text):
-        found = sorted(Path(p) for p in glob.glob(text, recursive=True))
-        found = [p for p in found if p.is_file() and _is_media(p)]
-        if not found:
-            raise DataError(text, "the pattern matches no image or video file")
-        for file in found:
-            yield file, Path(file.stem)
-    else:
-        raise DataError(path, "no such file or folder")
-
-
-def _is_media(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
-
-
-# --------------------------------------------------------------------------- images
-def predict_images(
-    predictor, items: list[InputItem], writer: Writer, *, batch_size: int, skip_bad: bool
-) -> int:
-    """Predict and write every image; same-size images go through the model together."""
-    from tqdm import tqdm
-
-    batches = list(_batches(predictor, items, batch_size, skip_bad))
-    done = 0
-    with tqdm(total=sum(len(b) for b in batches), desc="predict", unit="img") as bar:
-        for batch in batches:
-            loaded = [(item, image) for item in batch if (image := _load(item, skip_bad))]
-            if loaded:
-                predictions = predictor.predict_batch([image for _, image in loaded])
-                for (item, image), prediction in zip(loaded, predictions):
-                    writer.write(item.out_stem, image, prediction)
-                done += len(loaded)
-            bar.update(len(batch))
-    return done
-
-
-def _batches(predictor, items, batch_size: int, skip_bad: bool) -> Iterator[list[InputItem]]:
-    """Items grouped by the size the model sees, in chunks of `batch_size`."""
-    from segworks.data.formats import image_size
-
-    options = predictor.options
-    groups: dict[Any, list[InputItem]] = {}
-    for index, item in enumerate(items):
-        try:
-            size = image_size(item.path)
-        except DataError as error:
-            if not skip_bad:
-                raise
-            log.warning("skipping %s", error)
-            continue
-        if options.mode == "slide":
-            key = ("single", index)  # windows are batched instead
-        else:
-            key = options.size or size
-        groups.setdefault(key, []).append(item)
-    for group in groups.values():
-        for start in range(0, len(group), batch_size):
-            yield group[start : start + batch_size]
-
-
-def _load(item: InputItem, skip_bad: bool):
-    from segworks.data.formats import open_image
-
-    try:
-        return open_image(item.path).convert("RGB")
-    except DataError as error:
-        if not skip_bad:
-            raise
-        log.warning("skipping %s", error)
-        return None
-
-
-class Writer:
-    """Writes the PNGs of one prediction (see the module docstring)."""
-
-    def __init__(self, out_dir: Path, meta, *, alpha: float, legend: bool):
-        self.out_dir = out_dir
-        self.meta = meta
-        self.alpha = alpha
-        self.legend = legend
-
-    def write(self, stem: Path, image, prediction) -> None:
-        from PIL import Image
-
-        from segworks import visualize
-        from segworks.fileio import save_image
-
-        base = self.out_dir / stem
-        files = {"overlay": self.overlay(image, prediction, legend=self.legend)}
-        if self.meta.task == "binary":
-            files["prob"] = visualize.probability_image(prediction.prob)
-            files["mask"] = Image.fromarray(prediction.labels * 255)
-        else:
-            files["index"] = visualize.index_image(prediction.labels, self.meta.palette)
-            files["color"] = visualize.colorize(prediction.labels, self.meta.palette)
-        for kind, picture in files.items():
-            save_image(picture, base.with_name(f"{base.name}_{kind}.png"))
-
-    def overlay(self, image, prediction, *, legend: bool):
-        """Binary: only the foreground is coloured (background shows the photo unchanged)."""
-        import numpy as np
-
-        from segworks import IGNORE_INDEX, visualize
-
-        labels = prediction.labels
-        if self.meta.task == "binary":
-            labels = np.where(labels == 1, 1, IGNORE_INDEX).astype(np.uint8)
-        return visualize.overlay(
-            image,
-            labels,
-            self.meta.palette,
-            class_names=self.meta.class_names,
-            alpha=self.alpha,
-            legend=legend,
-        )
-
-
-# --------------------------------------------------------------------------- video
-def predict_video(predictor, item: InputItem, writer: Writer, *, batch_size: int) -> Path:
-    """Write ``<stem>_overlay.mp4``: every frame with its prediction blended in (no legend, so
-    every frame keeps the video's size). Needs OpenCV (`pip install opencv-python-headless`)."""
-    cv2 = _import_cv2()
-    capture = cv2.VideoCapture(str(item.path))
-    if not capture.isOpened():
-        raise DataError(item.path, "cannot open the video (unknown codec or not a video)")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    out = writer.out_dir / item.out_stem
-    out = out.with_name(f"{out.name}_overlay.mp4")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.stem}.partial.mp4")
-    video = None
-    try:
-        for frames in _frame_batches(cv2, capture, batch_size, item.path, total):
-            video = video or _open_writer(cv2, partial, fps, frames[0].size)
-            for frame, prediction in zip(frames, predictor.predict_batch(frames)):
-                blended = writer.overlay(frame, prediction, legend=False)
-                video.write(cv2.cvtColor(_array(blended), cv2.COLOR_RGB2BGR))
-        if video is None:
-            raise DataError(item.path, "the video has no readable frame")
-        video.release()
-        os.replace(partial, out)
-    finally:
-        capture.release()
-        if video is not None:
-            video.release()
-        partial.unlink(missing_ok=True)
-    return out
-
-
-def _import_cv2():
-    try:
-        import cv2
-    except ImportError:
-        cv2 = None
-    if cv2 is None:
-        raise SegworksError(
-            "video input needs OpenCV, which is not installed: "
-            "pip install opencv-python-headless (or segworks[video])"
-        )
-    return cv2
-
-
-def _frame_batches(cv2, capture, batch_size: int, path: Path, total: int | None):
-    from PIL import Image
-    from tqdm import tqdm
-
-    batch = []
-    with tqdm(total=total, desc=f"video {path.name}", unit="frame") as bar:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            batch.append(Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
-            bar.update(1)
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
-
-
-def _open_writer(cv2, path: Path, fps: float, size: tuple[int, int]):
-    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    if not video.isOpened():
-        raise DataError(path, "OpenCV cannot write an mp4v video here")
-    return video
-
-
-def _array(image):
-    import numpy as np
-
-    return np.asarray(image)

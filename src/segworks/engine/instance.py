@@ -40,7 +40,7 @@ from segworks.engine.semantic import VAL_SPLIT_SEED
 from segworks.engine.tasks import Data
 from segworks.errors import DataError, SegworksError
 from segworks.fileio import save_json
-from segworks.inference.instances import run_predict  # noqa: F401 (the predict command's entry)
+from segworks.inference.instance_predict import run_predict  # noqa: F401 (predict's entry)
 from segworks.models import build_model
 from segworks.models.mask_rcnn import CLASSIFIER_PREFIXES, load_weights
 

@@ -2,38 +2,37 @@
 
 `predict_logits` works on normalised tensors; `Predictor` on RGB images at their original size
 (what `segworks eval` and `segworks predict` use). See `sliding_window` for the memory bounds.
+
+The names below are imported on first use, so that the torch-free modules of this package
+(`instances`: drawing and saving instance predictions) can be used without torch.
 """
 
-from segworks.inference.predictor import (
-    MODES,
-    InferenceOptions,
-    Prediction,
-    Predictor,
-    predict_logits,
-)
-from segworks.inference.sliding_window import (
-    gaussian_weights,
-    iter_blocks,
-    iter_strips,
-    resolve_stride,
-    slide_logits,
-    window_starts,
-)
-from segworks.inference.tta import model_forward, tta_forward, tta_logits
+from __future__ import annotations
 
-__all__ = [
-    "MODES",
-    "InferenceOptions",
-    "Prediction",
-    "Predictor",
-    "predict_logits",
-    "gaussian_weights",
-    "iter_blocks",
-    "iter_strips",
-    "resolve_stride",
-    "slide_logits",
-    "window_starts",
-    "model_forward",
-    "tta_forward",
-    "tta_logits",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "MODES": "segworks.inference.predictor",
+    "InferenceOptions": "segworks.inference.predictor",
+    "Prediction": "segworks.inference.predictor",
+    "Predictor": "segworks.inference.predictor",
+    "predict_logits": "segworks.inference.predictor",
+    "gaussian_weights": "segworks.inference.sliding_window",
+    "iter_blocks": "segworks.inference.sliding_window",
+    "iter_strips": "segworks.inference.sliding_window",
+    "resolve_stride": "segworks.inference.sliding_window",
+    "slide_logits": "segworks.inference.sliding_window",
+    "window_starts": "segworks.inference.sliding_window",
+    "model_forward": "segworks.inference.tta",
+    "tta_forward": "segworks.inference.tta",
+    "tta_logits": "segworks.inference.tta",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'segworks.inference' has no attribute {name!r}")

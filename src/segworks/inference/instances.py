@@ -1,72 +1,69 @@
-"""Drawing and saving Mask R-CNN predictions: `segworks predict` on instance checkpoints.
+"""Instance predictions drawn and saved, with numpy and PIL only (no torch).
 
-Writes, per input image, an overlay (masks filled or as contours, boxes, labels, scores), one
-PNG per instance mask, and for all images a COCO results JSON (category ids of the training
-data, not labels) and images.json (ids, file names, sizes) that pycocotools loads as is.
+`segworks predict` with a Mask R-CNN checkpoint and `segworks predict --onnx` with an exported
+Mask R-CNN both write through `InstanceWriter`, so their outputs match. A detection set is a
+dict of numpy arrays in torchvision's layout: boxes (N, 4) xyxy, labels (N,), scores (N,) and
+masks (N, 1, H, W) probabilities. Into the output folder go:
+
+    <stem>.png                        the image with masks (or contours), boxes, names, scores
+    masks/<stem>/<stem>_<i>_<name>.png one 0/255 mask per detection
+    results.json (or --coco-json)     COCO results: bbox xywh, score, category_id, RLE mask
+    images.json                       id, file_name, height, width of each image
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
-from segworks.coco_eval import outputs_to_coco_results
-from segworks.devices import device_from_args
-from segworks.errors import DataError
 from segworks.fileio import save_image, save_json
-from segworks.suffixes import IMAGE_SUFFIXES
+
+__all__ = ["InstanceWriter", "draw_instances", "keep_confident", "mask_boundary"]
 
 log = logging.getLogger(__name__)
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their images) and glob patterns, in order, without duplicates."""
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            paths.append(path)
-        else:
-            matches = sorted(Path(p) for p in glob.glob(item))
-            if not matches:
-                raise DataError(path, "no such file, folder or matching glob")
-            paths += matches
-    return list(dict.fromkeys(paths))
+def keep_confident(detections: dict[str, Any], threshold: float) -> dict[str, np.ndarray]:
+    """The detections scoring at least `threshold`, as numpy arrays."""
+    arrays = {key: np.asarray(value) for key, value in detections.items()}
+    keep = arrays["scores"] >= threshold
+    return {key: value[keep] for key, value in arrays.items()}
 
 
-def _boundary(mask: torch.Tensor, width: int = 2) -> torch.Tensor:
-    """Pixels of a boolean mask within `width` of its edge."""
-    m = mask[None, None].float()
-    eroded = -F.max_pool2d(-m, 2 * width + 1, stride=1, padding=width)
-    return (m - eroded)[0, 0] > 0
+def mask_boundary(mask: np.ndarray, width: int = 2) -> np.ndarray:
+    """Pixels of a boolean (H, W) mask within `width` of its edge (the image border is not an
+    edge)."""
+    padded = np.pad(mask, width, constant_values=True)
+    window = (2 * width + 1, 2 * width + 1)
+    eroded = np.lib.stride_tricks.sliding_window_view(padded, window).all(axis=(-2, -1))
+    return mask & ~eroded
 
 
 def draw_instances(
-    image: Image.Image, output: dict, meta: dict, *, contour: bool, alpha: float = 0.45
+    image: Image.Image,
+    detections: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    *,
+    contour: bool,
+    alpha: float = 0.45,
 ) -> Image.Image:
-    """Masks (filled or as contours), boxes, labels and scores drawn over `image`."""
+    """Masks (filled or as contours), boxes, class names and scores drawn over `image`."""
     canvas = np.asarray(image.convert("RGB")).astype(np.float32)
     palette, names = meta["palette"], meta["class_names"]
-    masks = output["masks"][:, 0] > 0.5 if len(output["masks"]) else output["masks"]
-    for mask, label in zip(masks, output["labels"].tolist()):
+    labels = [int(v) for v in detections["labels"]]
+    for mask, label in zip(_binary_masks(detections), labels):
         colour = np.array(palette[label % len(palette)], dtype=np.float32)
-        region = _boundary(mask) if contour else mask
+        region = mask_boundary(mask) if contour else mask
         weight = 1.0 if contour else alpha
-        canvas[region.numpy()] = (1 - weight) * canvas[region.numpy()] + weight * colour
+        canvas[region] = (1 - weight) * canvas[region] + weight * colour
     result = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(result)
-    for box, label, score in zip(
-        output["boxes"].tolist(), output["labels"].tolist(), output["scores"].tolist()
-    ):
+    boxes = np.asarray(detections["boxes"], dtype=np.float32).tolist()
+    for box, label, score in zip(boxes, labels, np.asarray(detections["scores"]).tolist()):
         colour = tuple(palette[label % len(palette)])
         draw.rectangle(box, outline=colour, width=2)
         name = names[label] if label < len(names) else str(label)
@@ -74,49 +71,51 @@ def draw_instances(
     return result
 
 
-def _select(output: dict, threshold: float) -> dict:
-    keep = output["scores"] >= threshold
-    return {k: v[keep].cpu() for k, v in output.items()}
+def _binary_masks(detections: dict[str, np.ndarray]) -> np.ndarray:
+    masks = np.asarray(detections["masks"])
+    if masks.ndim == 4:
+        masks = masks[:, 0]
+    return masks > 0.5
 
 
-def _save_masks(output: dict, meta: dict, folder: Path, stem: str) -> None:
-    names = meta["class_names"]
-    for index, (mask, label) in enumerate(zip(output["masks"], output["labels"].tolist())):
-        name = names[label].replace("/", "_").replace(" ", "_")
-        pixels = ((mask[0] > 0.5).numpy() * 255).astype(np.uint8)
-        save_image(Image.fromarray(pixels), folder / f"{stem}_{index:03d}_{name}.png")
+class InstanceWriter:
+    """Writes the files of the module docstring; call `write` per image, then `finish`."""
 
+    def __init__(
+        self, out_dir: Path, meta: dict[str, Any], *, contour: bool, coco_json: Path | None
+    ):
+        self.out_dir = Path(out_dir)
+        self.meta = meta
+        self.contour = contour
+        self.coco_json = Path(coco_json) if coco_json else self.out_dir / "results.json"
+        category_ids = meta.get("category_ids") or range(1, len(meta["class_names"]))
+        self.label_to_category = dict(enumerate(category_ids, start=1))
+        self.results: list[dict] = []
+        self.images: list[dict] = []
 
-def run_predict(args) -> int:
-    from segworks.engine.instance import load_instance_checkpoint
+    def write(self, path: Path, image: Image.Image, detections: dict[str, np.ndarray]) -> None:
+        from segworks.coco_eval import outputs_to_coco_results
 
-    model, meta = load_instance_checkpoint(args.checkpoint)
-    device = device_from_args(args)
-    model.to(device)
-    out = Path(getattr(args, "out", None) or "predictions")
-    threshold = getattr(args, "score_threshold", None)
-    threshold = 0.5 if threshold is None else float(threshold)
-    category_ids = meta.get("category_ids") or range(1, len(meta["class_names"]))
-    label_to_category = dict(enumerate(category_ids, start=1))
-    results, images = [], []
-    for image_id, path in enumerate(tqdm(expand_inputs(list(args.inputs)), desc="predict")):
-        try:
-            image = Image.open(path).convert("RGB")
-        except OSError as error:
-            raise DataError(path, f"cannot read image ({error})") from error
-        tensor = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
-        with torch.no_grad():
-            output = _select(model([tensor.to(device)])[0], threshold)
-        drawing = draw_instances(image, output, meta, contour=bool(getattr(args, "contour", False)))
-        save_image(drawing, out / f"{path.stem}.png")
-        _save_masks(output, meta, out / "masks" / path.stem, path.stem)
-        images.append(
+        image_id = len(self.images)
+        drawing = draw_instances(image, detections, self.meta, contour=self.contour)
+        save_image(drawing, self.out_dir / f"{path.stem}.png")
+        self._save_masks(detections, path.stem)
+        self.images.append(
             {"id": image_id, "file_name": str(path), "height": image.height, "width": image.width}
         )
-        for entry in outputs_to_coco_results(image_id, output, label_to_category):
-            results.append(entry | {"file_name": str(path)})
-        log.info("%s: %d instances", path, len(output["scores"]))
-    save_json(results, Path(getattr(args, "coco_json", None) or out / "results.json"))
-    save_json(images, out / "images.json")
-    print(f"{len(images)} images, {len(results)} instances -> {out}")
-    return 0
+        entries = outputs_to_coco_results(image_id, detections, self.label_to_category)
+        self.results += [entry | {"file_name": str(path)} for entry in entries]
+        log.info("%s: %d instances", path, len(detections["scores"]))
+
+    def finish(self) -> None:
+        save_json(self.results, self.coco_json)
+        save_json(self.images, self.out_dir / "images.json")
+        print(f"{len(self.images)} images, {len(self.results)} instances -> {self.out_dir}")
+
+    def _save_masks(self, detections: dict[str, np.ndarray], stem: str) -> None:
+        folder = self.out_dir / "masks" / stem
+        names = self.meta["class_names"]
+        for index, (mask, label) in enumerate(zip(_binary_masks(detections), detections["labels"])):
+            name = names[int(label)].replace("/", "_").replace(" ", "_")
+            picture = Image.fromarray(mask.astype(np.uint8) * 255)
+            save_image(picture, folder / f"{stem}_{index:03d}_{name}.png")

@@ -21,6 +21,7 @@ stage's size, so the output is always at input resolution.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -39,7 +40,9 @@ __all__ = [
 
 
 def _resize_to(x: Tensor, size: tuple[int, int] | None) -> Tensor:
-    if size is None or x.shape[-2:] == size:
+    """Bilinear resize to `size`. While tracing (export) it always resizes, an identity at equal
+    sizes, so the traced graph does not keep the shortcut taken at the example size."""
+    if size is None or (not torch.jit.is_tracing() and x.shape[-2:] == size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 

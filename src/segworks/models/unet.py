@@ -27,9 +27,13 @@ NormLayer = Callable[[int], nn.Module]
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Pad the bottom and right edges by replication so that H and W divide by `multiple`."""
+    """Pad the bottom and right edges by replication so that H and W divide by `multiple`.
+
+    While tracing (export) the pad is always applied, zero or not: the pad widths are traced
+    from the input size, where skipping a zero pad would bake the example size into the graph.
+    """
     pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
-    if pad_h == 0 and pad_w == 0:
+    if not torch.jit.is_tracing() and pad_h == 0 and pad_w == 0:
         return x
     return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
 
@@ -112,6 +116,9 @@ class ValidDoubleConv(nn.Sequential):
 
 class UNetOriginal(nn.Module):
     """The paper's U-Net; `widths` are the channels per level, top to bottom (64 ... 1024)."""
+
+    # segworks.export refuses a size-agnostic trace of this model and says why
+    fixed_size_trace = "its mirror padding and tile size are computed in Python from the input size"
 
     def __init__(self, in_channels: int, num_classes: int, widths: list[int], dropout: float = 0.0):
         super().__init__()

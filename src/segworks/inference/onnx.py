@@ -1,4 +1,4 @@
-"""`segworks predict --onnx MODEL.onnx INPUTS --out DIR` with ONNX Runtime, numpy and PIL only.
+"""Prediction with a model from `segworks export`: ONNX Runtime, numpy and PIL only.
 
 Nothing on this path imports torch (a test runs it with torch blocked), so a deployment needs
 only onnxruntime, numpy, pillow and segworks. The model must come from `segworks export`: its
@@ -7,12 +7,13 @@ only onnxruntime, numpy, pillow and segworks. The model must come from `segworks
 
 Inputs (files, folders, globs) and outputs are those of `segworks predict` with a checkpoint
 (`<stem>_index.png`, `_color.png`, `_overlay.png`; binary: `_prob.png`, `_mask.png`,
-`_overlay.png`), written by the same `Writer`. Videos are not supported here.
+`_overlay.png`), written by the same `Writer`. A Mask R-CNN model's detections (kept above
+--score-threshold) are drawn and saved by the `InstanceWriter` of the checkpoint path: the
+drawing, one mask per detection, COCO results JSON. Videos are not supported here.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import dataclass
@@ -25,8 +26,11 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from segworks.errors import DataError, SegworksError
+from segworks.inference.inputs import collect_inputs
+from segworks.inference.instances import InstanceWriter, keep_confident
+from segworks.inference.writer import Writer
 
-__all__ = ["OnnxPrediction", "OnnxSegmenter", "predict_onnx", "read_metadata"]
+__all__ = ["OnnxDetector", "OnnxPrediction", "OnnxSegmenter", "predict_onnx", "read_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -39,53 +43,112 @@ class OnnxPrediction:
     prob: np.ndarray | None = None  # binary: foreground probability (H, W) float32
 
 
-def predict_onnx(args: argparse.Namespace) -> int:
-    """The `predict --onnx` command. Uses args.onnx (model), args.inputs (files, folders,
-    globs), args.out (folder) and, when present, args.alpha, args.no_legend, args.threshold,
-    args.skip_bad."""
-    from segworks.commands.predict import Writer, collect_inputs
-
-    segmenter = OnnxSegmenter(Path(args.onnx))
-    items = collect_inputs(list(args.inputs))
+def predict_onnx(
+    model: Path,
+    inputs: list[str],
+    out: Path,
+    *,
+    alpha: float = 0.5,
+    legend: bool = True,
+    threshold: float | None = None,
+    skip_bad: bool = False,
+    score_threshold: float = 0.5,
+    contour: bool = False,
+    coco_json: Path | None = None,
+) -> int:
+    """Predict `inputs` (image files, folders, globs) with the exported `model` into `out`;
+    returns the number of images written. A semantic model uses alpha, legend and threshold
+    (binary foreground cut, default 0.5); a Mask R-CNN score_threshold, contour and coco_json.
+    With skip_bad an unreadable image is logged and skipped instead of raising DataError."""
+    session, info = open_session(Path(model))
+    items = collect_inputs(list(inputs))
     videos = [str(item.path) for item in items if item.video]
     if videos:
         raise SegworksError(f"--onnx predicts images only; got video(s) {videos}")
+    if info.get("task") == "instance":
+        detector = OnnxDetector(session, info)
+        writer = InstanceWriter(Path(out), detector.meta, contour=contour, coco_json=coco_json)
+        done = _predict_instances(detector, items, writer, score_threshold, skip_bad)
+        writer.finish()
+        return done
+    segmenter = OnnxSegmenter(Path(model), session=session, info=info)
     meta = SimpleNamespace(
         task=segmenter.task, palette=segmenter.palette, class_names=segmenter.class_names
     )
-    alpha = float(getattr(args, "alpha", 0.5))
-    if not 0 <= alpha <= 1:
-        raise SegworksError(f"--alpha must be in [0, 1], got {alpha}")
-    writer = Writer(Path(args.out), meta, alpha=alpha, legend=not getattr(args, "no_legend", False))
-    threshold = getattr(args, "threshold", None)
+    writer = Writer(Path(out), meta, alpha=alpha, legend=legend)
     threshold = 0.5 if threshold is None else float(threshold)
     done = 0
     for item in tqdm(items, desc="predict", unit="img"):
-        image = _read_image(item.path, getattr(args, "skip_bad", False))
-        if image is None:
-            continue
-        writer.write(item.out_stem, image, segmenter.predict(image, threshold=threshold))
-        done += 1
-    print(f"wrote predictions of {done} input(s) to {args.out}")
-    return 0
+        image = _read_image(item.path, skip_bad)
+        if image is not None:
+            writer.write(item.out_stem, image, segmenter.predict(image, threshold=threshold))
+            done += 1
+    return done
+
+
+def _predict_instances(
+    detector: OnnxDetector, items, writer: InstanceWriter, threshold: float, skip_bad: bool
+) -> int:
+    """Detections of each image, kept above `threshold`, written as the checkpoint path does."""
+    done = 0
+    for item in tqdm(items, desc="predict", unit="img"):
+        image = _read_image(item.path, skip_bad)
+        if image is not None:
+            writer.write(item.path, image, keep_confident(detector.predict(image), threshold))
+            done += 1
+    return done
+
+
+def open_session(path: Path) -> tuple[Any, dict[str, Any]]:
+    """An ONNX Runtime session (CPU) of a `segworks export` file and its segworks metadata."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise DataError(path, "ONNX model not found")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise DataError(path, f"not a readable ONNX model ({error})") from error
+    custom = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in custom:
+        raise DataError(path, "no segworks metadata: export the model with `segworks export`")
+    return session, json.loads(custom[METADATA_KEY])
+
+
+class OnnxDetector:
+    """An exported Mask R-CNN: one float32 (3, H, W) image in 0..1 -> boxes, labels, scores,
+    masks (N, 1, H, W) probabilities, as numpy arrays."""
+
+    OUTPUTS = ("boxes", "labels", "scores", "masks")
+
+    def __init__(self, session: Any, info: dict[str, Any]):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.meta = {
+            "class_names": list(info["class_names"]),
+            "palette": [tuple(int(v) for v in c) for c in info["palette"]],
+            "category_ids": info.get("category_ids"),
+        }
+
+    def predict(self, image: Image.Image) -> dict[str, np.ndarray]:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        x = np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        return dict(zip(self.OUTPUTS, self.session.run(None, {self.input_name: x})))
 
 
 class OnnxSegmenter:
     """An exported semantic model plus the pre/post-processing its graph does not contain."""
 
-    def __init__(self, path: Path):
-        import onnxruntime as ort
-
-        if not path.is_file():
-            raise DataError(path, "ONNX model not found")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise DataError(path, f"not a readable ONNX model ({error})") from error
-        self.info = read_metadata(self.session, path)
+    def __init__(
+        self, path: Path, *, session: Any | None = None, info: dict[str, Any] | None = None
+    ):
+        if session is None:
+            session, info = open_session(path)
+        self.session = session
+        self.info = check_metadata(info, path)
         self.task = self.info.get("task", "semantic")
         if self.task == "instance":
-            raise DataError(path, "an instance (Mask R-CNN) model; predict --onnx is semantic only")
+            raise DataError(path, "an instance (Mask R-CNN) model: use OnnxDetector")
         self.class_names = list(self.info["class_names"])
         self.palette = [tuple(int(v) for v in c) for c in self.info["palette"]]
         self.input_name = self.session.get_inputs()[0].name
@@ -133,7 +196,11 @@ def read_metadata(session: Any, path: Path) -> dict[str, Any]:
     custom = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in custom:
         raise DataError(path, "no segworks metadata: export the model with `segworks export`")
-    info = json.loads(custom[METADATA_KEY])
+    return check_metadata(json.loads(custom[METADATA_KEY]), path)
+
+
+def check_metadata(info: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A semantic model's metadata holds what prediction needs."""
     needed = ("class_names", "palette", "size", "include_normalize", "include_resize", "dynamic")
     missing = [key for key in needed if key not in info]
     if missing:
