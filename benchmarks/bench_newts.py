@@ -149,9 +149,10 @@ def parse_sets(items: list[str]) -> dict:
 def score(checkpoint: Path, dataset, size: tuple[int, int] | None = None) -> dict:
     """mIoU and per-class IoU at the original resolution, from the checkpoint alone (at the
     training run's long side, if it had one), plain and with flip TTA (`miou_flip`)."""
-    from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+    from segworks.checkpoint import load_checkpoint
     from segworks.engine.evaluate import evaluate
     from segworks.inference import InferenceOptions
+    from segworks.models import model_from_checkpoint
 
     saved = load_checkpoint(checkpoint)
     model = model_from_checkpoint(saved, checkpoint).eval()

