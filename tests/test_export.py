@@ -19,8 +19,8 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import ALIASES, SMALL_KWARGS
 from PIL import Image
-from test_models_contract import ALIASES, SMALL_KWARGS
 from torch import nn
 
 from segworks.cli import main

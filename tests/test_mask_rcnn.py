@@ -185,6 +185,7 @@ class _ShapesGT:
         return self.samples[index][1]
 
 
+@pytest.mark.slow
 def test_tiny_mask_rcnn_learns_shapes():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread wastes least CPU on a busy machine

@@ -4,7 +4,7 @@ A builder is keyword-only with `num_classes` (and usually `in_channels`); the mo
 {"out": (N, K, H, W) logits at input resolution} for any input size. Instance models
 (INSTANCE_MODELS) follow torchvision's detection contract and are tested elsewhere.
 
-To keep this file fast, models are built with tiny widths from SMALL_KWARGS (add your model
+To keep this file fast, models are built with tiny widths from helpers.SMALL_KWARGS (add your model
 there) and fed small odd-sized inputs; a model needing a larger input can set INPUT_SIZE.
 """
 
@@ -17,6 +17,7 @@ import json
 import pytest
 import torch
 import torchvision
+from helpers import ALIASES, SMALL_KWARGS
 
 from segworks.cli import main
 from segworks.errors import DataError, SegworksError
@@ -28,54 +29,6 @@ from segworks.models.unet import (
     unet_original_output_size,
 )
 
-TINY_DEEPLABV3PLUS = {"aspp_channels": 8, "skip_channels": 4, "decoder_channels": 8}
-SMALL_KWARGS: dict[str, dict] = {
-    "tutorial_convnet": {"width": 4},
-    "tutorial_upsample": {"width": 4},
-    "tutorial_transposed": {"width": 4},
-    "tutorial_concat": {"width": 4},
-    "unet_original": {"base_width": 4, "depth": 2},
-    "unet": {"base_width": 4, "depth": 3},
-    "segnet": {"base_width": 4},
-    "segnet_basic": {"width": 4, "kernel_size": 3},
-    "fcn32s": {"width": 2, "fc_channels": 8},
-    "fcn16s": {"width": 2, "fc_channels": 8},
-    "fcn8s": {"width": 2, "fc_channels": 8},
-    "refinenet": {"backbone": "resnet18", "features": 8},
-    "refinenet_resnet50": {"features": 8},
-    "refinenet_resnet101": {"features": 8},
-    "refinenet_resnet152": {"features": 8},
-    "refinenet_seed": {"backbone": "resnet18", "features": 8},
-    "deeplabv3": {"backbone": "resnet18", "output_stride": 16, "aspp_channels": 8},
-    "deeplabv3_resnet50": {"output_stride": 16, "aspp_channels": 8},
-    "deeplabv3_resnet101": {"output_stride": 16, "aspp_channels": 8},
-    "unet_resnet": {"encoder": "resnet18", "decoder_channels": (8, 8, 8, 8, 8)},
-    "deeplabv3plus": {"encoder": "resnet18", **TINY_DEEPLABV3PLUS},
-    "deeplabv3plus_resnet50": TINY_DEEPLABV3PLUS,
-    "deeplabv3plus_resnet101": TINY_DEEPLABV3PLUS,
-    "deeplabv3plus_mobilenet_v2": TINY_DEEPLABV3PLUS,
-    "deeplabv3plus_efficientnet_lite0": TINY_DEEPLABV3PLUS,
-    "deeplabv3plus_efficientnet_lite2": TINY_DEEPLABV3PLUS,
-    "fcn_resnet": {"backbone": "resnet18"},
-}
-# Fixed-backbone aliases build full ResNet-50/101/152 encoders (25-60 M parameters). Their code
-# is the generic entry's, which the contract tests run with a ResNet-18 encoder; the aliases get
-# a cheap check that they build that same architecture (on the meta device, no memory).
-ALIASES = {
-    "refinenet_resnet50": "refinenet",
-    "refinenet_resnet101": "refinenet",
-    "refinenet_resnet152": "refinenet",
-    "refinenet_seed_resnet50": "refinenet_seed",
-    "refinenet_seed_resnet101": "refinenet_seed",
-    "refinenet_seed_resnet152": "refinenet_seed",
-    "deeplabv3_resnet50": "deeplabv3",
-    "deeplabv3_resnet101": "deeplabv3",
-    "deeplabv3plus_resnet50": "deeplabv3plus",
-    "deeplabv3plus_resnet101": "deeplabv3plus",
-    "fcn_resnet50": "fcn_resnet",
-    "fcn_resnet101": "fcn_resnet",
-    "unet_resnet34": "unet_resnet",
-}
 INPUT_SIZE: dict[str, tuple[int, int]] = {}  # (H, W), odd by default
 DEFAULT_SIZE = (37, 53)
 SEMANTIC = sorted(n for n in SEMANTIC_MODELS if n not in ALIASES)
