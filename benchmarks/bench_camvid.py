@@ -250,9 +250,10 @@ def train_steps(cfg, steps_per_epoch: int) -> Path:
 
 def score_checkpoint(checkpoint: Path, dataset) -> dict:
     """Parameters, mIoU, pixel accuracy and IoU per class at 360x480 (inputs at 180x240)."""
-    from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+    from segworks.checkpoint import load_checkpoint
     from segworks.engine.evaluate import evaluate
     from segworks.inference import InferenceOptions
+    from segworks.models import model_from_checkpoint
 
     saved = load_checkpoint(checkpoint)
     model = model_from_checkpoint(saved, checkpoint).eval()

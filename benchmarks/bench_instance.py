@@ -265,9 +265,10 @@ def train_instance(settings: dict) -> None:
 
 def score_checkpoint(name: str, source: Path, val_count: int, checkpoint: Path, args) -> dict:
     """COCO box and mask AP of `checkpoint` on the val part, at the original resolution."""
-    from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+    from segworks.checkpoint import load_checkpoint
     from segworks.data.instances import InstanceDataset, read_instances
     from segworks.engine.instance import evaluate_model
+    from segworks.models import model_from_checkpoint
 
     instance_set = read_instances(source)
     train_idx, val_idx = split_indices(len(instance_set.records), val_count, seed=args.split_seed)

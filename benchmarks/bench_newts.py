@@ -158,7 +158,8 @@ def parse_sets(items: list[str]) -> dict:
 def score(checkpoint: Path, dataset, size: tuple[int, int] | None = None) -> dict:
     """mIoU and per-class IoU at the original resolution, from the checkpoint alone (at the
     training run's long side, if it had one), plain and with flip TTA (`miou_flip`)."""
-    from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+    from segworks.checkpoint import load_checkpoint
+    from segworks.models import model_from_checkpoint
 
     saved = load_checkpoint(checkpoint)
     return score_model(model_from_checkpoint(saved, checkpoint).eval(), checkpoint, dataset, size)

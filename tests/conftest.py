@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import register_tiny_net
 
 torch.set_num_threads(2)
 
@@ -14,3 +15,9 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip("../shared/datasets is not present")
     return SHARED_DATASETS
+
+
+@pytest.fixture
+def registered(monkeypatch) -> None:
+    """`tiny_net` (tests/helpers.py) in the model registry for this test."""
+    register_tiny_net(monkeypatch)

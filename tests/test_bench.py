@@ -158,6 +158,7 @@ def test_memory_child_measures_a_training_step_in_a_fresh_process():
     assert table.splitlines()[1].split() == ["m", "1", "3", "3.00x", "peer", "m"]
 
 
+@pytest.mark.slow
 def test_segworks_bench_quick_runs_every_benchmark_and_prints_its_ratios(tmp_path, capsys):
     results = tmp_path / "RESULTS.md"
     assert cli_main(["bench", "--quick", "--results", str(results)]) == 0

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from PIL import Image
-from test_data_layouts import (
+from helpers import (
     make_binary_dirs,
     make_class_folders,
     make_labels,
     make_refinenet,
     write_mask,
 )
+from PIL import Image
 
 from segworks.cli import main
 

@@ -9,78 +9,18 @@ import logging
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import (
+    make_binary_dirs,
+    make_camvid,
+    make_class_folders,
+    make_labels,
+    make_refinenet,
+    write_image,
+    write_mask,
+)
 
 from segworks.data import DatasetMeta, Sample, SegmentationDataset, open_source
-from segworks.data.formats import encode_mask
-from segworks.data.meta import voc_palette
 from segworks.errors import DataError
-
-RNG = np.random.default_rng(0)
-
-
-def write_image(path, size=(12, 16)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = RNG.integers(0, 255, (*size, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
-def write_mask(path, labels, fmt="palette", **options):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "palette":
-        options.setdefault("palette", voc_palette(256))
-    return encode_mask(labels, path, mask_format=fmt, **options)
-
-
-def make_labels(value, size=(12, 16)):
-    labels = np.zeros(size, dtype=np.int64)
-    labels[3:8, 4:10] = value
-    return labels
-
-
-def make_class_folders(root, per_class=2):
-    """The tutorial's newts: images/<cls>/*.jpg + seg_images/<cls>/*.png, palette PNGs."""
-    for split in ("train", "test"):
-        for value, cls in enumerate(("akahara", "madara"), start=1):
-            for i in range(per_class):
-                write_image(root / split / "images" / cls / f"{cls}_{i}.jpg")
-                write_mask(root / split / "seg_images" / cls / f"{cls}_{i}.png", make_labels(value))
-        (root / split / "labels.txt").write_text("__ignore__\n_background_\nakahara\nmadara\n")
-    return root
-
-
-def make_camvid(root, count=3):
-    """SegNet layout: train/ + trainannot/ + train.txt, index PNGs with void 11."""
-    for split in ("train", "val"):
-        lines = []
-        for i in range(count):
-            write_image(root / split / f"f{i}.png")
-            labels = make_labels(i + 3)
-            labels[0, :] = 11
-            write_mask(root / f"{split}annot" / f"f{i}.png", labels, "index")
-            lines.append(f"{split}/f{i}.png {split}annot/f{i}.png")
-        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
-def make_binary_dirs(root, count=3):
-    """ISBI: image/N.png (grey) + label/N.png holding 0 and 255."""
-    for i in range(count):
-        (root / "image").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(RNG.integers(0, 255, (12, 16), dtype=np.uint8)).save(
-            root / "image" / f"{i}.png"
-        )
-        write_mask(root / "label" / f"{i}.png", make_labels(1), "binary")
-    return root
-
-
-def make_refinenet(root, stems=("aaa", "bbb", "ccc")):
-    for stem in stems:
-        write_image(root / "images" / f"{stem}.jpg")
-        write_mask(root / "annotations" / f"{stem}.png", make_labels(2))
-    (root / "train.txt").write_text("\n".join(stems) + "\n")
-    return root
 
 
 # --------------------------------------------------------------------------- detection

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
+from helpers import PerPixel, train_and_score
 from torch import nn
 
 from segworks.models import build_model
@@ -111,66 +111,7 @@ def test_bad_options_are_value_errors():
 # ---------------------------------------------------------------------------------------------
 
 
-def stripes_batch(batch: int, size: int, generator: torch.Generator, sides: tuple[int, int]):
-    """Binary noise with rectangles of horizontal (class 1) or vertical (class 2) stripes.
-
-    Every pixel is 0 or 1 with probability 1/2 whatever its class, so only the neighbourhood
-    (the texture's orientation) tells the classes apart: a per-pixel classifier cannot.
-    """
-    image = torch.randint(0, 2, (batch, size, size), generator=generator).float()
-    target = torch.zeros(batch, size, size, dtype=torch.long)
-    stripes = (torch.arange(size) // 2 % 2).float()
-    patterns = {1: stripes[:, None].expand(size, size), 2: stripes[None, :].expand(size, size)}
-    for index in range(batch):
-        for _ in range(2):
-            h, w = torch.randint(sides[0], sides[1] + 1, (2,), generator=generator).tolist()
-            top = torch.randint(0, size - h + 1, (1,), generator=generator).item()
-            left = torch.randint(0, size - w + 1, (1,), generator=generator).item()
-            label = torch.randint(1, 3, (1,), generator=generator).item()
-            window = (index, slice(top, top + h), slice(left, left + w))
-            image[window] = patterns[label][window[1:]]
-            target[window] = label
-    return (2 * image - 1)[:, None].expand(-1, 3, -1, -1), target
-
-
-def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 3) -> float:
-    ious = [
-        ((pred == c) & (target == c)).sum() / ((pred == c) | (target == c)).sum()
-        for c in range(num_classes)
-    ]
-    return torch.stack(ious).nanmean().item()
-
-
-def train_and_score(
-    model: nn.Module, *, steps: int, size: int, sides: tuple[int, int], lr: float = 1e-3
-) -> float:
-    torch.manual_seed(0)
-    generator = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        x, y = stripes_batch(8, size, generator, sides)
-        out = model(x)
-        loss = F.cross_entropy(out["out"], y)
-        if "aux" in out:
-            loss = loss + 0.4 * F.cross_entropy(out["aux"], y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    x, y = stripes_batch(16, size, torch.Generator().manual_seed(99), sides)
-    with torch.no_grad():
-        return mean_iou(model.eval()(x)["out"].argmax(1), y)
-
-
-class PerPixel(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 1)
-
-    def forward(self, x):
-        return {"out": self.conv(x)}
-
-
+@pytest.mark.slow
 def test_deeplabv3_learns_texture_orientation_and_a_per_pixel_control_does_not():
     """ResNet-18 trunk (same DeepLabV3 code as ResNet-50/101), output stride 16, 24-36 px
     objects; measured about 0.75 mIoU after 60 steps, the control about 0.18."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import PerPixel
 from PIL import Image
 from torch import nn
 
@@ -55,20 +56,6 @@ def test_every_image_has_an_object_and_objects_never_touch():
         assert 0 < (label > 0).mean() < 0.5
 
 
-class PerPixel(nn.Module):
-    """The control: an MLP on each pixel alone (1x1 convolutions)."""
-
-    def __init__(self, num_classes: int, hidden: int = 32):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1), nn.ReLU(),
-            nn.Conv2d(hidden, num_classes, 1),
-        )  # fmt: skip
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"out": self.net(x)}
-
-
 def shapes_tensors(count: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
     pairs = [render_shapes(rng, size) for _ in range(count)]
@@ -100,11 +87,12 @@ def fit_and_score(model: nn.Module, steps: int, lr: float) -> list[float]:
     return [float(v) for v in matrix.compute()["iou"]]
 
 
+@pytest.mark.slow
 def test_a_per_pixel_model_finds_the_objects_but_cannot_tell_their_shape():
     """The demo task needs context: colour alone separates objects from the background, never
     a circle from a square. (That the demo's U-Net does learn it is measured by `segworks demo`
     itself, about a minute of training; see benchmarks/RESULTS.md, "Recipes".)"""
     torch.manual_seed(0)
-    control_iou = fit_and_score(PerPixel(3), steps=150, lr=1e-2)
+    control_iou = fit_and_score(PerPixel(3, hidden=32), steps=150, lr=1e-2)
     assert control_iou[0] > 0.8, control_iou  # the control does find the objects...
     assert min(control_iou[1:]) < 0.45, control_iou  # ...but not which shape they are

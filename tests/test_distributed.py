@@ -15,13 +15,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+from segworks.checkpoint import load_checkpoint
 from segworks.config import TrainConfig
 from segworks.data import open_source
 from segworks.data.synthetic import write_shapes_dataset
 from segworks.data.transforms import eval_transforms
 from segworks.engine.train import predict_labels, split_samples
 from segworks.metrics import ConfusionMatrix
+from segworks.models import model_from_checkpoint
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 WORLD = 2

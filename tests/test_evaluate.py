@@ -9,35 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TinyNet, reference_predictions, write_checkpoint
 from PIL import Image
-from torch import nn
 
-from segworks import models
-from segworks.checkpoint import save_checkpoint
 from segworks.cli import main
 from segworks.data.meta import DatasetMeta
 from segworks.engine.evaluate import evaluate
 from segworks.errors import DataError
-from segworks.inference import InferenceOptions, predict_logits
-
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class TinyNet(nn.Module):
-    """Two 3x3 convolutions; the colour of a pixel and its neighbours decides its class."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, num_classes, 3, padding=1)
-        )
-
-    def forward(self, x):
-        return {"out": self.body(x)}
-
-
-def tiny_net(*, num_classes: int) -> TinyNet:
-    return TinyNet(num_classes)
+from segworks.inference import InferenceOptions
 
 
 def make_model(num_classes: int, seed: int = 0) -> TinyNet:
@@ -68,20 +47,6 @@ def random_pairs(sizes, num_classes, seed=0, void_fraction=0.1):
         labels[rng.random((height, width)) < void_fraction] = 255
         pairs.append((image, labels))
     return pairs
-
-
-def reference_predictions(model, pairs, *, binary_threshold=None):
-    """Labels of each image computed directly from the model, at the original size."""
-    predictions = []
-    for image, _ in pairs:
-        tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
-        tensor = (tensor - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-        logits = predict_logits(model, tensor)[0]
-        if binary_threshold is None:
-            predictions.append(logits.argmax(0).numpy())
-        else:
-            predictions.append((torch.sigmoid(logits[0]) > binary_threshold).numpy().astype(int))
-    return predictions
 
 
 def brute_force_matrix(predictions, pairs, num_classes):
@@ -220,31 +185,6 @@ def write_dataset(root: Path, *, num_classes: int, binary: bool = False, seed: i
         names = ["sky", "road", "car", "tree"][:num_classes]
         (root / "classes.txt").write_text("\n".join(names) + "\n")
     return root
-
-
-def write_checkpoint(path: Path, *, num_classes: int, task: str = "semantic") -> Path:
-    torch.manual_seed(0)
-    channels = 1 if task == "binary" else num_classes
-    model = TinyNet(channels)
-    names = ["background", "foreground"] if task == "binary" else ["sky", "road", "car", "tree"]
-    meta = DatasetMeta(class_names=names[:num_classes], task=task).to_dict()
-    meta.update(mean=list(MEAN), std=list(STD))
-    save_checkpoint(
-        path,
-        {
-            "model": model.state_dict(),
-            "model_name": "tiny_net",
-            "model_kwargs": {"num_classes": channels},
-            "meta": meta,
-            "config": {"crop_size": 16},
-        },
-    )
-    return path
-
-
-@pytest.fixture
-def registered(monkeypatch):
-    monkeypatch.setitem(models.MODELS, "tiny_net", tiny_net)
 
 
 def test_cli_eval_prints_table_and_writes_json_csv_png(registered, tmp_path, capsys):

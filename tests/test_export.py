@@ -19,8 +19,8 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import ALIASES, SMALL_KWARGS
 from PIL import Image
-from test_models_contract import ALIASES, SMALL_KWARGS
 from torch import nn
 
 from segworks.checkpoint import save_checkpoint
@@ -29,15 +29,13 @@ from segworks.engine.instance import instance_meta
 from segworks.errors import SegworksError
 from segworks.export import ParityError, export_instance_model, export_model, sample_image
 from segworks.inference.onnx import read_metadata
-from segworks.models import MODELS, build_model
+from segworks.models import MODELS, SEMANTIC_MODELS, build_model
 
 SIZE = (32, 48)
 # Fixed-backbone aliases (refinenet_resnet101, ...) export the same classes as their generic
 # entry, which runs here with a ResNet-18 encoder; one deep alias is kept as a size check.
 SEMANTIC = sorted(
-    name
-    for name in MODELS
-    if not name.startswith("maskrcnn") and (name not in ALIASES or name == "deeplabv3_resnet50")
+    name for name in SEMANTIC_MODELS if name not in ALIASES or name == "deeplabv3_resnet50"
 )
 # Width knobs used when a builder names them and SMALL_KWARGS has no entry for it.
 GENERIC_SMALL = {

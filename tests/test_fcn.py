@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from test_deeplabv3 import PerPixel, train_and_score
+from helpers import PerPixel, train_and_score
 from torch import nn
 
 from segworks.checkpoint import save_checkpoint
@@ -178,6 +178,7 @@ def test_staged_training_initialises_16s_from_32s_and_8s_from_16s(tmp_path):
         fcn16s(num_classes=5, width=2, fc_channels=8, init_from=tmp_path / "fcn32s.pt")
 
 
+@pytest.mark.slow
 def test_fcn8s_learns_texture_orientation_and_a_per_pixel_control_does_not():
     """VGG16 at 1/8 width (same FCN code), stride-8 skips, 24-36 px objects; measured about
     0.87 mIoU after 200 steps (the zero-initialised score layers make it a slow starter)."""

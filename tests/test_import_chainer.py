@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+from segworks.checkpoint import load_checkpoint
 from segworks.cli import main
 from segworks.errors import DataError
 from segworks.inference import Predictor
+from segworks.models import model_from_checkpoint
 from segworks.models.foreign import detect_foreign_format, import_foreign
 from segworks.models.foreign.chainer import seed_refinenet_key
 

@@ -182,7 +182,7 @@ def test_missing_heads_and_unsafe_pickles_are_refused(tmp_path, capsys):
 def test_pretrained_flag_takes_a_detectron_file_as_encoder_weights(tmp_path, monkeypatch):
     """`--pretrained R-50.pkl` with a ResNet-50 model: imported once into the hub cache as the
     encoder's weights (the Mask R-CNN seed's ImageNet start), then loaded by the builder."""
-    from segworks.models.pretrained import choose
+    from segworks.models.starting import choose
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     torch.manual_seed(0)

@@ -10,64 +10,21 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from helpers import CATEGORIES, COCO_SIZE, write_coco
+from PIL import Image
 from pycocotools.coco import COCO
 
 from segworks.checkpoint import load_checkpoint
 from segworks.cli import main
-from segworks.coco_eval import encode_mask
 from segworks.config import TrainConfig
 from segworks.engine.instance import build_instance_model
 from segworks.errors import DataError
 
-SIZE = 96
-CATEGORIES = [{"id": 3, "name": "square"}, {"id": 7, "name": "triangle"}]
+SIZE = COCO_SIZE
 TINY = ["--model", "maskrcnn_tiny", "--min-size", str(SIZE), "--max-size", str(SIZE)]
 # A low score threshold so that a model trained for one epoch still detects something.
 LOOSE = ["--model-arg", "box_score_thresh=0.0", "--model-arg", "width=8"]
 RUNTIME = ["--device", "cpu", "--workers", "0", "--no-tensorboard", "--seed", "0"]
-
-
-def _polygon(generator, cell_x: int, cell_y: int, category: int) -> list[float]:
-    half = SIZE // 2
-    side = int(torch.randint(18, 34, (), generator=generator))
-    x0 = cell_x * half + int(torch.randint(2, half - side - 1, (), generator=generator))
-    y0 = cell_y * half + int(torch.randint(2, half - side - 1, (), generator=generator))
-    if category == 3:
-        return [x0, y0, x0 + side, y0, x0 + side, y0 + side, x0, y0 + side]
-    return [x0 + side / 2, y0, x0 + side, y0 + side, x0, y0 + side]
-
-
-def write_coco(folder, count: int, *, seed: int, categories=CATEGORIES, empty_last=True):
-    """`count` images of 1-3 shapes, one per quarter, and a COCO JSON; returns the JSON path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(seed)
-    ids = [c["id"] for c in categories]
-    images, annotations = [], []
-    for index in range(count):
-        base = (torch.rand(3, generator=generator) * 70).tolist()
-        noise = torch.rand(SIZE, SIZE, 3, generator=generator).numpy() * 30
-        picture = Image.fromarray((np.array(base) + noise).astype(np.uint8))
-        draw = ImageDraw.Draw(picture)
-        cells = torch.randperm(4, generator=generator)[: 1 + index % 3].tolist()
-        for cell in [] if empty_last and index == count - 1 else cells:
-            category = ids[int(torch.randint(len(ids), (), generator=generator))]
-            flat = _polygon(generator, cell % 2, cell // 2, category)
-            colour = tuple(int(v) for v in 150 + torch.randint(0, 100, (3,), generator=generator))
-            draw.polygon(flat, fill=colour)
-            annotation = {"segmentation": [flat], "iscrowd": 0}
-            if len(annotations) == 1:  # one RLE annotation
-                mask = Image.new("L", (SIZE, SIZE))
-                ImageDraw.Draw(mask).polygon(flat, fill=1)
-                annotation["segmentation"] = encode_mask(np.array(mask))
-            annotation |= {"id": len(annotations) + 1, "image_id": 100 + index}
-            annotations.append(annotation | {"category_id": category})
-        picture.save(folder / f"img{index}.png")
-        images.append({"id": 100 + index, "file_name": f"img{index}.png"})
-        images[-1] |= {"height": SIZE, "width": SIZE}
-    data = {"images": images, "annotations": annotations, "categories": categories}
-    (folder / "instances.json").write_text(json.dumps(data))
-    return folder / "instances.json"
 
 
 def _one_line_error(capsys, argv: list[str], *words: str) -> str:

@@ -14,9 +14,10 @@ from segworks.coco_eval import encode_mask
 from segworks.config import TrainConfig
 from segworks.data.instances import synthetic_shapes
 from segworks.engine import instance as instance_engine
-from segworks.engine.instance import InstanceTask, run_eval, run_predict
+from segworks.engine.instance import InstanceTask, run_eval
 from segworks.engine.train import build_optimizer, train
 from segworks.errors import DataError
+from segworks.inference.instance_predict import run_predict
 from segworks.recipes import recipe_settings
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import PerPixel
 from torch import nn
 
 from segworks.models import build_model
@@ -48,20 +49,6 @@ def shapes_task(
                 images[index][:, mask] += 1.0
                 targets[index][mask] = int(kind == 2) if binary else kind
     return images, targets
-
-
-class PerPixel(nn.Module):
-    """The control: a two-layer MLP applied to each pixel on its own (1x1 convolutions)."""
-
-    def __init__(self, num_classes: int, hidden: int = 32):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1), nn.ReLU()
-        )
-        self.head = nn.Conv2d(hidden, num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"out": self.head(self.net(x))}
 
 
 def fit(model: nn.Module, task, num_classes: int, steps: int, lr: float = 1e-2) -> nn.Module:
@@ -108,13 +95,14 @@ def tasks() -> dict:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task_name", sorted(TASKS))
 def test_per_pixel_control_fails(tasks, task_name):
     train, test = tasks[task_name]
     num_classes = 1 if TASKS[task_name]["binary"] else 3
     torch.manual_seed(0)
     iou = per_class_iou(
-        fit(PerPixel(num_classes), train, num_classes, steps=100), test, num_classes
+        fit(PerPixel(num_classes, hidden=32), train, num_classes, steps=100), test, num_classes
     )
     assert iou[0] > 0.8, f"the control should still find the background: {iou}"
     assert iou.mean() < 0.7, f"a per-pixel model should not tell squares from frames: {iou}"
@@ -133,6 +121,7 @@ LEARNERS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, kwargs, task_name, steps, lr", LEARNERS)
 def test_model_learns_shapes_that_need_context(tasks, name, kwargs, task_name, steps, lr):
     train, test = tasks[task_name]

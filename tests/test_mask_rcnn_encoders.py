@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_instance_cli import write_coco
+from helpers import write_coco
 from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 

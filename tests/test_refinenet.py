@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from test_deeplabv3 import PerPixel, train_and_score
+from helpers import PerPixel, train_and_score
 from torchvision.models._utils import IntermediateLayerGetter
 
 from segworks.models import build_model
@@ -60,6 +60,7 @@ def test_output_is_at_input_resolution(size):
         assert model(torch.randn(1, 3, *size))["out"].shape == (1, 4, *size)
 
 
+@pytest.mark.slow
 def test_refinenet_learns_texture_orientation_and_a_per_pixel_control_does_not():
     """ResNet-18 trunk (same RefineNet code as ResNet-50/101/152), 1/4-resolution output,
     24-36 px objects; measured about 0.87 mIoU after 40 steps, the control about 0.18."""

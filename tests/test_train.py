@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from segworks import losses
-from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+from segworks.checkpoint import load_checkpoint
 from segworks.config import TrainConfig
 from segworks.data.synthetic import SHAPE_CLASSES, write_shapes_dataset
 from segworks.engine.train import TrainingDiverged, split_samples, train
+from segworks.models import model_from_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import PerPixel
 from torch import nn
 
 from segworks.models import MODELS
@@ -97,17 +98,6 @@ def train(model: nn.Module, steps: int) -> float:
     return balanced_object_accuracy(model, torch.Generator().manual_seed(99))
 
 
-class PerPixel(nn.Module):
-    """The control: a 1x1 convolution sees one pixel, so it cannot tell the squares apart."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 1)
-
-    def forward(self, x):
-        return {"out": self.conv(x)}
-
-
 @pytest.fixture
 def one_thread():
     """One intra-op thread: on a busy shared machine two threads spin-wait on each other and a
@@ -118,6 +108,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_learns_square_size_that_a_per_pixel_model_cannot(one_thread):
     torch.manual_seed(0)
     model = unet_resnet(num_classes=3, encoder="resnet18", decoder_channels=(32, 16, 16, 8, 8))

@@ -101,13 +101,14 @@ def evaluate(
     """The metrics `segworks eval CHECKPOINT --data DATA --split SPLIT` prints and writes with
     --json (miou, pixel_accuracy, per_class, confusion_matrix, per_image, settings ...).
     `option_fields` are InferenceOptions fields (``long_side=0``, ``mode="slide"`` ...)."""
-    from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+    from segworks.checkpoint import load_checkpoint
     from segworks.commands import evaluate as eval_command
     from segworks.commands.predict import checkpoint_task
     from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD
     from segworks.devices import resolve_device
     from segworks.engine.evaluate import evaluate as run_evaluation
     from segworks.inference.predictor import options_from_checkpoint
+    from segworks.models import model_from_checkpoint
 
     loaded = load_checkpoint(checkpoint)
     if checkpoint_task(loaded, checkpoint) == "instance":

@@ -1,5 +1,7 @@
 """Checkpoints: one dict with the model state and everything needed to predict from it.
 
+`segworks.models.model_from_checkpoint` rebuilds the model from one.
+
 Layout (all plain Python types and tensors, loadable with `weights_only=True`):
     model        state_dict of the bare model (never a DDP/compiled wrapper)
     model_name   registry key, e.g. "unet"
@@ -15,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from segworks.errors import DataError
 from segworks.fileio import atomic_path
@@ -70,17 +71,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict):
         raise DataError(path, f"expected a dict checkpoint, got {type(checkpoint).__name__}")
     return checkpoint
-
-
-def model_from_checkpoint(
-    checkpoint: dict[str, Any], path: str | Path = "<checkpoint>"
-) -> nn.Module:
-    """Rebuild a registered model from a segworks checkpoint and load its weights (eval mode)."""
-    from segworks.models import build_model
-
-    for key in ("model", "model_name", "model_kwargs"):
-        if key not in checkpoint:
-            raise DataError(path, f"not a segworks checkpoint: key {key!r} is missing")
-    model = build_model(checkpoint["model_name"], **checkpoint["model_kwargs"])
-    model.load_state_dict(checkpoint["model"])
-    return model.eval()

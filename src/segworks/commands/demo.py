@@ -105,12 +105,13 @@ def evaluate_and_draw(checkpoint: Path, cfg: TrainConfig, overlay_dir: Path):
     """Val metrics at original resolution from the checkpoint alone, and a few overlays."""
     from PIL import Image
 
-    from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+    from segworks.checkpoint import load_checkpoint
     from segworks.data import DatasetMeta, open_source
     from segworks.data.transforms import eval_transforms
     from segworks.engine.evaluators import SemanticEvaluator
     from segworks.engine.train import predict_labels, resolve_device, split_samples
     from segworks.fileio import save_image
+    from segworks.models import model_from_checkpoint
     from segworks.visualize import overlay, panel
 
     saved = load_checkpoint(checkpoint)

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         from segworks.engine.instance import run_eval
 
         return int(run_eval(args) or 0)
-    from segworks.checkpoint import model_from_checkpoint
+    from segworks.models import model_from_checkpoint
 
     dataset, meta = open_split(args, checkpoint)
     model = model_from_checkpoint(checkpoint, args.checkpoint)

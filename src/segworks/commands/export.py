@@ -61,9 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+    from segworks.checkpoint import load_checkpoint
     from segworks.errors import DataError
     from segworks.export import ParityError, export_instance_model, export_model
+    from segworks.models import model_from_checkpoint
     from segworks.outputs import check_output_file
 
     check_output_file(args.out, "--out")
@@ -135,9 +136,10 @@ def _metadata(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_instance(checkpoint: dict[str, Any]) -> bool:
-    return checkpoint["meta"].get("task") == "instance" or str(
-        checkpoint.get("model_name", "")
-    ).startswith("maskrcnn")
+    from segworks.models import TASKS
+
+    name = checkpoint.get("model_name")
+    return checkpoint["meta"].get("task") == "instance" or TASKS.get(name) == "instance"
 
 
 def _default_size(checkpoint: dict[str, Any]) -> tuple[int, int]:

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 
 from segworks.errors import SegworksError
-from segworks.models import MODELS, build_model
+from segworks.models import MODELS, build_model, model_task
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def describe(name: str) -> dict:
     builder = MODELS[name]
-    return {"name": name, "task": model_task(name, builder), "description": summary(builder)}
-
-
-def model_task(name: str, builder: Callable) -> str:
-    """ "instance" for Mask R-CNN-style builders (or a builder's own `task` attribute), else
-    "semantic" (semantic models also serve binary tasks with num_classes=1)."""
-    default = "instance" if name.startswith("maskrcnn") else "semantic"
-    return getattr(builder, "task", default)
+    return {"name": name, "task": model_task(name), "description": summary(builder)}
 
 
 def summary(builder: Callable) -> str:

@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     task = checkpoint_task(checkpoint, args.checkpoint)
     check_num_classes(args.num_classes, checkpoint, args.checkpoint)
     if task == "instance":
-        from segworks.engine.instance import run_predict
+        from segworks.inference.instance_predict import run_predict
 
         return int(run_predict(args) or 0)
     options = inference_options(args, checkpoint, tta=tta_requested(args))
@@ -263,7 +263,7 @@ def _split_paths(args: argparse.Namespace) -> None:
     elif args.weights:
         args.checkpoint = args.weights
     elif args.pretrained:
-        from segworks.models.pretrained import pretrained_checkpoint
+        from segworks.models.starting import pretrained_checkpoint
 
         args.checkpoint = str(pretrained_checkpoint(args.pretrained))
     else:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
-from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+from segworks.checkpoint import load_checkpoint
 from segworks.coco_eval import format_metrics
 from segworks.config import TrainConfig
 from segworks.data.instances import InstanceDataset, InstanceSet, collate_instances, read_instances
@@ -40,8 +40,7 @@ from segworks.engine.semantic import VAL_SPLIT_SEED
 from segworks.engine.tasks import Data
 from segworks.errors import DataError, SegworksError
 from segworks.fileio import save_json
-from segworks.inference.instance_predict import run_predict  # noqa: F401 (predict's entry)
-from segworks.models import build_model
+from segworks.models import build_model, model_from_checkpoint, model_task
 from segworks.models.mask_rcnn import CLASSIFIER_PREFIXES, load_weights
 
 log = logging.getLogger(__name__)
@@ -141,8 +140,8 @@ def build_instance_data(cfg: TrainConfig) -> Data:
 
 def instance_model_kwargs(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     """Builder kwargs saved in the checkpoint (no file paths: weights travel in the state)."""
-    if not cfg.model.startswith("maskrcnn"):
-        raise SegworksError(f"--task instance needs a maskrcnn_* model, got {cfg.model!r}")
+    if model_task(cfg.model) != "instance":
+        raise SegworksError(f"--task instance needs an instance model, got {cfg.model!r}")
     pretrained = cfg.pretrained not in (None, "none")
     kwargs = {
         "num_classes": num_classes,
@@ -181,7 +180,7 @@ def build_instance_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
 
 def _pretrained(cfg: TrainConfig, kwargs: dict):
     """--pretrained for an instance model; a file is taken as whole-model weights."""
-    from segworks.models.pretrained import choose
+    from segworks.models.starting import choose
 
     choice = choose(cfg.pretrained, model=cfg.model, model_kwargs=kwargs)
     if choice is not None and choice.kind == "file":

@@ -197,7 +197,7 @@ def build_train_model(cfg: TrainConfig, meta: DatasetMeta) -> nn.Module:
     """The registered model with its starting weights: `--pretrained` (a name or a file), or
     the precise forms `--backbone-weights` / `--weights`. Nothing is loaded when resuming."""
     from segworks.models import build_model
-    from segworks.models.pretrained import choose
+    from segworks.models.starting import choose
     from segworks.models.weights import load_weights, looks_like_whole_model
 
     kwargs = dict(cfg.model_kwargs)

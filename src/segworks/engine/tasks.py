@@ -1,4 +1,4 @@
-"""The task adapters the one training loop drives, and the one that fits a config.
+"""The task adapter interface the one training loop drives (`task_for` in engine.train picks one).
 
 A task adapter (`SemanticTask` in `segworks.engine.semantic`, `InstanceTask` in
 `segworks.engine.instance`) answers what differs between tasks, and nothing else:
@@ -22,8 +22,6 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from segworks.config import TrainConfig
-
 
 @dataclass
 class Data:
@@ -34,14 +32,3 @@ class Data:
     train_set: Dataset
     val_set: Dataset | None
     class_weights: torch.Tensor | None = None
-
-
-def task_for(cfg: TrainConfig):
-    """The adapter of `cfg.task` (semantic and binary data share one)."""
-    if cfg.task == "instance":
-        from segworks.engine.instance import InstanceTask
-
-        return InstanceTask()
-    from segworks.engine.semantic import SemanticTask
-
-    return SemanticTask()

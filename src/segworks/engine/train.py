@@ -52,6 +52,7 @@ from segworks.config import TrainConfig
 from segworks.devices import resolve_device
 from segworks.engine import distributed as ddp
 from segworks.engine.evaluators import inference_on_dataset
+from segworks.engine.instance import InstanceTask
 from segworks.engine.loaders import train_loader, val_loader
 from segworks.engine.optim import build_optimizer, set_backbone_mode
 from segworks.engine.resume import (
@@ -66,8 +67,14 @@ from segworks.engine.resume import (
     slim_checkpoint,
 )
 from segworks.engine.schedules import build_scheduler
-from segworks.engine.semantic import build_data, build_train_model, predict_labels, split_samples
-from segworks.engine.tasks import Data, task_for
+from segworks.engine.semantic import (
+    SemanticTask,
+    build_data,
+    build_train_model,
+    predict_labels,
+    split_samples,
+)
+from segworks.engine.tasks import Data
 from segworks.fileio import save_json, save_text
 from segworks.outputs import clear_run
 
@@ -115,6 +122,11 @@ class Run:
     @property
     def bare(self) -> nn.Module:
         return ddp.unwrap(self.model)
+
+
+def task_for(cfg: TrainConfig):
+    """The adapter of `cfg.task` (semantic and binary data share one)."""
+    return InstanceTask() if cfg.task == "instance" else SemanticTask()
 
 
 def train(cfg: TrainConfig) -> Path:

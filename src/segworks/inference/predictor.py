@@ -216,7 +216,8 @@ class Predictor:
         (`long_side`; pass ``long_side=0`` for the original size). `option_fields` are
         InferenceOptions fields (``mode="slide"``, ``tta_flip=True``, ``threshold=0.3`` ...);
         `options` replaces them all."""
-        from segworks.checkpoint import load_checkpoint, model_from_checkpoint
+        from segworks.checkpoint import load_checkpoint
+        from segworks.models import model_from_checkpoint
 
         path = checkpoint if isinstance(checkpoint, (str, Path)) else "<checkpoint>"
         if not isinstance(checkpoint, dict):

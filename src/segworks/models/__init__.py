@@ -1,17 +1,22 @@
-"""The model registry: a plain dict from name to a keyword-only builder.
+"""The model registry: plain dicts from name to a keyword-only builder, one per task.
 
-Semantic models return {"out": logits (N, K, H, W) at input resolution, "aux": ... optional}.
-Binary models are semantic models with num_classes=1 (one logit channel).
+SEMANTIC_MODELS return {"out": logits (N, K, H, W) at input resolution, "aux": ... optional};
+binary models are semantic models with num_classes=1 (one logit channel). INSTANCE_MODELS follow
+torchvision's detection dict contract (see models/mask_rcnn.py). `MODELS` holds both and
+`model_task(name)` says which task an entry serves. `model_from_checkpoint` rebuilds a registered
+model from a segworks checkpoint (see segworks.checkpoint for the layout).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
-from segworks.errors import SegworksError
+from segworks.errors import DataError, SegworksError
 from segworks.models import (
     deeplabv3,
     deeplabv3plus,
@@ -26,7 +31,7 @@ from segworks.models import (
     unet_resnet,
 )
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
+SEMANTIC_MODELS: dict[str, Callable[..., nn.Module]] = {
     # the seed tutorial's step-by-step nets (models/tutorial.py)
     "tutorial_convnet": tutorial.tutorial_convnet,
     "tutorial_upsample": tutorial.tutorial_upsample,
@@ -72,7 +77,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3plus_mobilenet_v2": deeplabv3plus.deeplabv3plus_mobilenet_v2,
     "deeplabv3plus_efficientnet_lite0": deeplabv3plus.deeplabv3plus_efficientnet_lite0,
     "deeplabv3plus_efficientnet_lite2": deeplabv3plus.deeplabv3plus_efficientnet_lite2,
-    # instance segmentation: Mask R-CNN (models/mask_rcnn.py)
+}
+
+INSTANCE_MODELS: dict[str, Callable[..., nn.Module]] = {
+    # Mask R-CNN (models/mask_rcnn.py)
     "maskrcnn_r50_c4": mask_rcnn.maskrcnn_r50_c4,
     "maskrcnn_r101_c4": mask_rcnn.maskrcnn_r101_c4,
     "maskrcnn_r50_fpn": mask_rcnn.maskrcnn_r50_fpn,
@@ -85,10 +93,25 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "maskrcnn_tiny": mask_rcnn.maskrcnn_tiny,
 }
 
+MODELS: dict[str, Callable[..., nn.Module]] = SEMANTIC_MODELS | INSTANCE_MODELS
+TASKS: dict[str, str] = {name: "semantic" for name in SEMANTIC_MODELS} | {
+    name: "instance" for name in INSTANCE_MODELS
+}
 
-def build_model(name: str, **kwargs) -> nn.Module:
+
+def model_task(name: str) -> str:
+    """The task a registered model serves: "semantic" (binary too, num_classes=1) or "instance"."""
+    _check_name(name)
+    return TASKS[name]
+
+
+def _check_name(name: str) -> None:
     if name not in MODELS:
         raise SegworksError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    _check_name(name)
     check_keywords(name, kwargs)
     try:
         return MODELS[name](**kwargs)
@@ -112,3 +135,15 @@ def check_keywords(name: str, kwargs: dict) -> None:
             f"model {name!r} takes no keyword {', '.join(unknown)} (--model-arg); "
             f"valid keywords: {', '.join(valid)}"
         )
+
+
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], path: str | Path = "<checkpoint>"
+) -> nn.Module:
+    """Rebuild a registered model from a segworks checkpoint and load its weights (eval mode)."""
+    for key in ("model", "model_name", "model_kwargs"):
+        if key not in checkpoint:
+            raise DataError(path, f"not a segworks checkpoint: key {key!r} is missing")
+    model = build_model(checkpoint["model_name"], **checkpoint["model_kwargs"])
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()

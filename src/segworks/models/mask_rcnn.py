@@ -57,11 +57,10 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from segworks.checkpoint import read_torch_file
-from segworks.errors import DataError
 from segworks.models.backbones import stride_in_1x1
 from segworks.models.encoders import build_encoder
 from segworks.models.pretrained import WEIGHTS
+from segworks.models.weights import load_state_dict_file
 
 __all__ = [
     "SegMaskRCNN",
@@ -191,34 +190,9 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def load_weights(module: nn.Module, path: str | Path, *, ignore_prefixes: tuple = ()) -> None:
-    """Load a state dict (or a segworks checkpoint's "model") strictly; mismatches -> DataError."""
-    path = Path(path)
-    state = read_torch_file(path, "weights")
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise DataError(path, f"expected a state dict, got {type(state).__name__}")
-    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
-    expected = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore_prefixes)}
-    optional = "num_batches_tracked"  # absent from FrozenBatchNorm2d, harmless either way
-    missing = [k for k in expected if k not in state and not k.endswith(optional)]
-    unexpected = [k for k in state if k not in expected and not k.endswith(optional)]
-    if missing or unexpected:
-        raise DataError(
-            path,
-            f"weights do not fit the model: missing keys {_few(missing)}, "
-            f"unexpected keys {_few(unexpected)}",
-        )
-    wrong = [k for k in state if k in expected and state[k].shape != expected[k].shape]
-    if wrong:
-        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong]
-        raise DataError(path, f"weights do not fit the model: shapes differ for {_few(shapes)}")
-    module.load_state_dict(state, strict=False)
-
-
-def _few(keys: list[str], n: int = 8) -> str:
-    shown = ", ".join(keys[:n])
-    return f"[{shown}{', ...' if len(keys) > n else ''}] ({len(keys)})"
+    """Load a state dict (or a segworks checkpoint's "model") strictly, except the keys under
+    `ignore_prefixes`, which keep their initial values; mismatches -> DataError."""
+    load_state_dict_file(module, path, skip_prefixes=ignore_prefixes)
 
 
 def _resnet(

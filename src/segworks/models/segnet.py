@@ -17,15 +17,13 @@ and the logits are cropped back to the input size.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segworks.errors import DataError
 from segworks.models.unet import check_positive, pad_to_multiple
+from segworks.models.weights import check_keys, read_state_dict
 
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
@@ -162,53 +160,17 @@ def vgg16_bn_key_map(encoder: nn.ModuleList) -> dict[str, str]:
 def load_vgg16_bn_features(encoder: nn.ModuleList, path: Path) -> None:
     """Copy the `features` of a torchvision vgg16_bn state dict file into `encoder`.
 
-    Raises DataError naming every missing, unexpected and shape-mismatched key.
+    Raises DataError naming every missing, unexpected and shape-mismatched key (in the file's
+    names, without the `features.` prefix).
     """
-    state = _read_state_dict(path)
     features = {
         key.removeprefix("features."): value
-        for key, value in state.items()
+        for key, value in read_state_dict(path).items()
         if not key.startswith("classifier.")
     }
     mapping = vgg16_bn_key_map(encoder)
-    target = encoder.state_dict()
-    missing = [key for key in mapping if key not in features]
-    unexpected = [key for key in features if key not in mapping]
-    mismatched = [
-        f"{key}: file {tuple(features[key].shape)} vs model {tuple(target[ours].shape)}"
-        for key, ours in mapping.items()
-        if key in features and features[key].shape != target[ours].shape
-    ]
-    if missing or unexpected or mismatched:
-        problems = [
-            f"{label} ({len(items)}): {_short_list(items)}"
-            for label, items in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("shape mismatches", mismatched),
-            )
-            if items
-        ]
-        raise DataError(
-            path,
-            "does not fit the SegNet encoder as a torchvision vgg16_bn state dict "
-            "(in_channels=3, base_width=64): " + "; ".join(problems),
-        )
-    encoder.load_state_dict({mapping[key]: value for key, value in features.items()})
-
-
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise DataError(path, "backbone weights file does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
-        raise DataError(path, f"cannot read backbone weights: {error}") from error
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise DataError(path, "expected a state dict (a dict of tensors)")
-    return state
-
-
-def _short_list(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
+    own = encoder.state_dict()
+    expected = {key: own[ours] for key, ours in mapping.items()}
+    what = "the SegNet encoder as torchvision vgg16_bn features (in_channels=3, base_width=64)"
+    check_keys(expected, features, path, what)
+    encoder.load_state_dict({mapping[key]: value for key, value in features.items()}, strict=False)

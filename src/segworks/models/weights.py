@@ -1,5 +1,9 @@
 """Loading weight files into models, with errors that say what does not fit.
 
+Every loader of segworks.models reads files with `read_state_dict` and checks them with
+`check_state_dict` (or `check_keys` for a renamed file), so every mismatch reads the same way:
+"weights do not fit WHAT: N missing keys: ...; N unexpected keys: ...; N shape mismatches: ...".
+
 Two kinds of file load into a segmentation model with `load_weights`:
 - a segworks checkpoint: a dict whose "model" entry is the state dict (see segworks.checkpoint);
 - a raw state dict, e.g. torchvision's `deeplabv3_resnet101_coco-586e9e4e.pth`: segworks'
@@ -21,10 +25,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from segworks.checkpoint import load_checkpoint
+from segworks.checkpoint import read_torch_file
 from segworks.errors import DataError, SegworksError
 
-__all__ = ["check_state_dict", "load_weights", "read_state_dict"]
+__all__ = [
+    "check_keys",
+    "check_state_dict",
+    "load_state_dict_file",
+    "load_weights",
+    "read_state_dict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +43,10 @@ _SHOWN = 5  # keys listed per kind of problem in an error message
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The state dict in `path`: a segworks checkpoint's "model" entry or a raw state dict."""
-    checkpoint = load_checkpoint(path)
-    state = checkpoint["model"] if isinstance(checkpoint.get("model"), dict) else checkpoint
+    loaded = read_torch_file(path, "weights")
+    if not isinstance(loaded, dict):
+        raise DataError(path, f"expected a state dict, got {type(loaded).__name__}")
+    state = loaded["model"] if isinstance(loaded.get("model"), dict) else loaded
     not_tensors = [key for key, value in state.items() if not isinstance(value, Tensor)]
     if not_tensors:
         raise DataError(
@@ -61,17 +73,26 @@ def check_state_dict(
 ) -> None:
     """Raise DataError unless `state` has exactly `module`'s keys and shapes.
 
-    Keys under `skip_prefixes` are not expected (the caller initialises them itself). BatchNorm's
-    `num_batches_tracked` may be absent: files saved by old torch versions lack it.
+    Keys under `skip_prefixes` are not expected (the caller initialises them itself).
     """
     skip = tuple(skip_prefixes)
     expected = {
         key: value for key, value in module.state_dict().items() if not key.startswith(skip)
     }
-    missing = [
-        key for key in expected if key not in state and not key.endswith("num_batches_tracked")
-    ]
-    unexpected = [key for key in state if key not in expected]
+    check_keys(expected, state, path, type(module).__name__)
+
+
+def check_keys(
+    expected: Mapping[str, Tensor], state: Mapping[str, Tensor], path: str | Path, what: str
+) -> None:
+    """Raise DataError unless `state` has exactly the keys and shapes of `expected`.
+
+    BatchNorm's `num_batches_tracked` may be absent (old torch versions) or extra (a file from
+    BatchNorm2d loaded into FrozenBatchNorm2d, which has no such buffer).
+    """
+    optional = "num_batches_tracked"
+    missing = [key for key in expected if key not in state and not key.endswith(optional)]
+    unexpected = [key for key in state if key not in expected and not key.endswith(optional)]
     mismatched = [
         f"{key} {tuple(state[key].shape)} in file vs {tuple(expected[key].shape)} in model"
         for key in state
@@ -87,7 +108,19 @@ def check_state_dict(
         if items
     ]
     if problems:
-        raise DataError(path, f"weights do not fit {type(module).__name__}: " + "; ".join(problems))
+        raise DataError(path, f"weights do not fit {what}: " + "; ".join(problems))
+
+
+def load_state_dict_file(
+    module: nn.Module, path: str | Path, *, skip_prefixes: Iterable[str] = ()
+) -> None:
+    """Load the file's state dict into `module`; keys under `skip_prefixes` keep the module's own
+    values (the file's entries for them are ignored). Anything else that does not fit is a
+    DataError."""
+    skip = tuple(skip_prefixes)
+    state = {key: value for key, value in read_state_dict(path).items() if not key.startswith(skip)}
+    check_state_dict(module, state, path, skip_prefixes=skip)
+    module.load_state_dict(state, strict=False)
 
 
 def classifier_names(model: nn.Module) -> tuple[str, ...]:

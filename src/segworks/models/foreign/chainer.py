@@ -38,7 +38,7 @@ import numpy as np
 from torch import Tensor
 
 from segworks.errors import DataError
-from segworks.models.foreign import (
+from segworks.models.foreign.common import (
     CAFFE_BGR_MEAN,
     ImportReport,
     as_tensor,

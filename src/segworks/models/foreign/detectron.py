@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from segworks.errors import DataError
-from segworks.models.foreign import ImportReport, as_tensor, fill_model
+from segworks.models.foreign.common import ImportReport, as_tensor, fill_model
 
 __all__ = ["detectron_key", "import_detectron", "read_pkl", "to_detectron"]
 
