@@ -138,3 +138,14 @@ def test_long_side_and_dihedral_flags_reach_the_config():
     assert settings["long_side"] == 96 and settings["dihedral"] is True
     with pytest.raises(ValueError, match="long_side"):
         TrainConfig(data="d", long_side=4)
+
+
+def test_another_model_without_weights_takes_the_from_scratch_recipe(monkeypatch):
+    from segworks.models import pretrained
+
+    monkeypatch.setattr(pretrained, "status", lambda entry: "installed")
+    mine = recipe_settings("small", {"model": "unet"})
+    assert mine["model"] == "unet" and "pretrained" not in mine
+    assert recipe_settings("small", {"model": "unet_efficientnet_lite0"})["pretrained"] == (
+        "efficientnet_lite0"
+    )

@@ -167,6 +167,7 @@ RECIPES: dict[str, Recipe] = {
             workers=0,
         ),
         task="instance",
+        pretrained=dict(model="maskrcnn_mobilenet_v2_fpn", pretrained="mobilenet_v2"),
     ),
 }
 
@@ -186,7 +187,7 @@ def recipe_settings(name: str, given: dict[str, Any] | None = None) -> dict[str,
     recipe = RECIPES[name]
     check_recipe_task(recipe, given.get("task"))
     settings = {key: _copy(value) for key, value in recipe.settings.items()}
-    if _use_pretrained(recipe, given.get("pretrained")):
+    if _use_pretrained(recipe, given):
         settings.update({key: _copy(value) for key, value in recipe.pretrained.items()})
     if "epochs" in given and "max_minutes" not in given:
         settings.pop("max_minutes", None)
@@ -207,15 +208,20 @@ def check_recipe_task(recipe: Recipe, task: str | None) -> None:
         )
 
 
-def _use_pretrained(recipe: Recipe, asked: str | None) -> bool:
-    """The recipe's pretrained settings apply unless the user said `--pretrained none`, or
-    (nothing said) the recipe's weights would need a download."""
+def _use_pretrained(recipe: Recipe, given: dict[str, Any]) -> bool:
+    """The recipe's pretrained settings apply unless the user said `--pretrained none`, chose
+    another model without naming weights, or (nothing said) the weights need a download."""
     from segworks.models.pretrained import WEIGHTS, status
 
+    asked = given.get("pretrained")
     if recipe.pretrained is None or asked == "none":
         return False
     if asked is not None:
         return True
+    if given.get("model", recipe.pretrained["model"]) != recipe.pretrained["model"]:
+        log.info("recipe %s with --model %s: from scratch (--pretrained imagenet gives its "
+                 "encoder's ImageNet weights)", recipe.name, given["model"])  # fmt: skip
+        return False
     entry = WEIGHTS[recipe.pretrained["pretrained"]]
     if status(entry) == "download":
         log.warning(
