@@ -354,3 +354,22 @@ def one_instance(height: int = 72, width: int = 88, label: int = 1) -> dict:
     masks[0, 20:60, 30:80] = 1
     boxes = torch.tensor([[30.0, 20.0, 80.0, 60.0]])
     return {"boxes": boxes, "labels": torch.tensor([label]), "masks": masks}
+
+
+def write_dataset(root: Path, *, num_classes: int, binary: bool = False, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, sizes in (("train", [(20, 24)]), ("val", [(20, 24), (18, 30), (22, 22)])):
+        (root / split / "image").mkdir(parents=True)
+        (root / split / "label").mkdir(parents=True)
+        for index, (height, width) in enumerate(sizes):
+            image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            labels = rng.integers(0, num_classes, (height, width)).astype(np.uint8)
+            labels.flat[:num_classes] = np.arange(num_classes)  # every class present
+            if binary:
+                labels = labels * 255
+            Image.fromarray(image).save(root / split / "image" / f"{index}.png")
+            Image.fromarray(labels).save(root / split / "label" / f"{index}.png")
+    if not binary:
+        names = ["sky", "road", "car", "tree"][:num_classes]
+        (root / "classes.txt").write_text("\n".join(names) + "\n")
+    return root

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TinyNet, reference_predictions, write_checkpoint
+from helpers import TinyNet, reference_predictions, write_checkpoint, write_dataset
 from PIL import Image
 
 from segworks.cli import main
@@ -168,25 +168,6 @@ def test_labels_outside_the_classes_name_the_image():
 
 
 # --------------------------------------------------------------------------- CLI
-def write_dataset(root: Path, *, num_classes: int, binary: bool = False, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for split, sizes in (("train", [(20, 24)]), ("val", [(20, 24), (18, 30), (22, 22)])):
-        (root / split / "image").mkdir(parents=True)
-        (root / split / "label").mkdir(parents=True)
-        for index, (height, width) in enumerate(sizes):
-            image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-            labels = rng.integers(0, num_classes, (height, width)).astype(np.uint8)
-            labels.flat[:num_classes] = np.arange(num_classes)  # every class present
-            if binary:
-                labels = labels * 255
-            Image.fromarray(image).save(root / split / "image" / f"{index}.png")
-            Image.fromarray(labels).save(root / split / "label" / f"{index}.png")
-    if not binary:
-        names = ["sky", "road", "car", "tree"][:num_classes]
-        (root / "classes.txt").write_text("\n".join(names) + "\n")
-    return root
-
-
 def test_cli_eval_prints_table_and_writes_json_csv_png(registered, tmp_path, capsys):
     data = write_dataset(tmp_path / "data", num_classes=3)
     checkpoint = write_checkpoint(tmp_path / "model.pt", num_classes=3)

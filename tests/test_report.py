@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import tiny_net, write_checkpoint, write_dataset
 from PIL import Image
-from test_evaluate import tiny_net, write_checkpoint, write_dataset
 
 import segworks
 from segworks import models
