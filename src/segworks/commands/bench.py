@@ -40,7 +40,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "sliding": ("benchmarks.bench_sliding_window", "Sliding-window inference memory"),
     "deeplabv3": ("benchmarks.bench_deeplabv3", "DeepLabV3"),
     "maskrcnn": ("benchmarks.bench_mask_rcnn", "Mask R-CNN"),
+    "newts": ("benchmarks.bench_newts", "newts fine-tuning: the small recipe vs smp, same weights"),
 }
+# Asked for by name only (--only newts): three 10-CPU-minute trainings per side.
+OPT_IN = {"newts"}
 # Flags wanted for a module, by mode; only those its parser accepts are passed.
 QUICK_FLAGS: dict[str, dict[str, str | None]] = {
     "metrics": {
@@ -53,6 +56,7 @@ QUICK_FLAGS: dict[str, dict[str, str | None]] = {
     "sliding": {"--big": "256", "--whole": "128", "--tile": "64", "--tile-batch": "1"},
     "maskrcnn": {"--reps": "1"},
     "memory": {"--models": "unet_resnet34"},  # a fresh process per side: one pair is enough
+    "newts": {"--peer": "smp", "--seeds": "0", "--minutes": "0.2"},
 }
 # Full mode: sizes chosen so that the whole run fits in 10 minutes on 2 shared CPU cores (see
 # benchmarks/RESULTS.md); with --device cuda the modules' own (larger) defaults apply instead.
@@ -66,6 +70,7 @@ FULL_FLAGS: dict[str, dict[str, str | None]] = {
     "sliding": {"--big": "2000", "--whole": "1000", "--tile": "512", "--rounds": "2"},
     "deeplabv3": {"--size": "128", "--batch": "2", "--repeats": "3", "--warmup": "1"},
     "maskrcnn": {"--size": "224", "--batch": "1", "--reps": "3", "--warmup": "1"},
+    "newts": {"--peer": "smp", "--clock": "cpu", "--jobs": "2"},
 }
 # Full mode on the CPU: (side, batch) per model for `models` (timing) and `memory`.
 FULL_SHAPES = {
@@ -90,7 +95,8 @@ RATIO = re.compile(r"^ratio .+: \S+ / \S+ / \S+ \(min / median / max", re.MULTIL
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only",
-        help=f"comma-separated benchmarks to run (default all: {','.join(BENCHMARKS)})",
+        help=f"comma-separated benchmarks to run (default: {','.join(selected(None))}; "
+        f"by name only: {','.join(sorted(OPT_IN))})",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -205,7 +211,7 @@ def checkout_root() -> Path:
 
 def selected(only: str | None) -> list[str]:
     if not only:
-        return list(BENCHMARKS)
+        return [name for name in BENCHMARKS if name not in OPT_IN]
     names = [name.strip() for name in only.split(",") if name.strip()]
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown or not names:
