@@ -373,3 +373,16 @@ def write_dataset(root: Path, *, num_classes: int, binary: bool = False, seed: i
         names = ["sky", "road", "car", "tree"][:num_classes]
         (root / "classes.txt").write_text("\n".join(names) + "\n")
     return root
+
+
+def randomise_batchnorm(model: torch.nn.Module, seed: int = 3) -> None:
+    """BatchNorm running statistics and affine parameters away from the identity."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                size = module.num_features
+                module.running_mean.copy_(0.1 * torch.randn(size, generator=generator))
+                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
+                module.bias.copy_(0.1 * torch.randn(size, generator=generator))

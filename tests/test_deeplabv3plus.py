@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randomise_batchnorm
 from torch import nn
 
 from segworks.checkpoint import load_checkpoint
@@ -29,19 +30,6 @@ TINY = {"aspp_channels": 8, "skip_channels": 4, "decoder_channels": 8}
 def tiny(encoder: str, seed: int = 0, **kwargs) -> DeepLabV3Plus:
     torch.manual_seed(seed)
     return deeplabv3plus(num_classes=3, encoder=encoder, **(TINY | kwargs))
-
-
-def randomise_batchnorm(model: nn.Module) -> None:
-    """Running statistics and affine parameters away from the identity."""
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                size = module.num_features
-                module.running_mean.copy_(0.1 * torch.randn(size, generator=generator))
-                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
-                module.bias.copy_(0.1 * torch.randn(size, generator=generator))
 
 
 @pytest.mark.parametrize("encoder", sorted(ENCODERS))

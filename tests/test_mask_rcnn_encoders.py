@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import write_coco
+from helpers import DETECTOR_SMALL, randomise_batchnorm, write_coco
 from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 
@@ -17,17 +17,7 @@ from segworks.models.mask_rcnn import maskrcnn_r50_fpn_v2
 from segworks.models.pretrained import MODEL_ENCODERS, WEIGHTS, status, weights_file
 from segworks.models.weights import read_state_dict
 
-SMALL = {
-    "min_size": 64,
-    "max_size": 96,
-    "box_score_thresh": 0.0,
-    "rpn_pre_nms_top_n_train": 200,
-    "rpn_post_nms_top_n_train": 50,
-    "rpn_pre_nms_top_n_test": 200,
-    "rpn_post_nms_top_n_test": 20,
-    "box_batch_size_per_image": 32,
-    "box_detections_per_img": 5,
-}
+SMALL = DETECTOR_SMALL
 ENCODER_MODELS = ["maskrcnn_mobilenet_v2_fpn", "maskrcnn_efficientnet_lite0_fpn"]
 
 
@@ -36,16 +26,6 @@ def one_instance(height: int = 72, width: int = 88) -> dict:
     masks[0, 20:60, 30:80] = 1
     boxes = torch.tensor([[30.0, 20.0, 80.0, 60.0]])
     return {"boxes": boxes, "labels": torch.tensor([1]), "masks": masks}
-
-
-def randomise_batchnorm(model: nn.Module) -> None:
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                size = module.num_features
-                module.running_mean.copy_(0.1 * torch.randn(size, generator=generator))
-                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
 
 
 def test_r50_fpn_v2_loads_torchvision_state_dict_key_for_key_and_matches_it():
