@@ -148,7 +148,9 @@ def test_reset_classifier_fine_tunes_to_another_class_count(run, tmp_path, capsy
     data = write_coco(tmp_path / "three", 4, seed=2, categories=three, empty_last=False)
     base = ["train", "--task", "instance", *TINY, "--model-arg", "width=8", "--data", str(data)]
     base += ["--weights", str(run["checkpoint"]), "-e", "1", "--val-split", "0", *RUNTIME]
-    line = _one_line_error(capsys, [*base, "--out", str(tmp_path / "a")], "shapes differ")
+    line = _one_line_error(
+        capsys, [*base, "--out", str(tmp_path / "a")], "shape mismatches", "--reset-classifier"
+    )
     assert "cls_score" in line and "--reset-classifier" in line
     assert main([*base, "--reset-classifier", "--out", str(tmp_path / "b")]) == 0
     assert load_checkpoint(tmp_path / "b" / "last.pt")["model_kwargs"]["num_classes"] == 4

@@ -211,9 +211,9 @@ def test_onnx_and_instance_checkpoints_are_delegated(tmp_path, monkeypatch):
     assert (model, inputs, out) == (Path("m.onnx"), ["a.png", "b.png"], Path("x"))
     assert options["alpha"] == 0.3 and options["legend"] and options["score_threshold"] == 0.5
 
-    instance_module = types.ModuleType("segworks.engine.instance")
+    instance_module = types.ModuleType("segworks.inference.instance_predict")
     instance_module.run_predict = lambda args: calls.setdefault("instance", args) and 0
-    monkeypatch.setitem(sys.modules, "segworks.engine.instance", instance_module)
+    monkeypatch.setitem(sys.modules, "segworks.inference.instance_predict", instance_module)
     checkpoint = write_checkpoint(tmp_path / "m.pt", num_classes=2)
     state = torch.load(checkpoint, weights_only=True)
     state["meta"]["task"] = "instance"

@@ -193,7 +193,7 @@ def load_initial_weights(model: nn.Module, path: Path, reset_classifier: bool) -
     try:
         load_weights(model, path, ignore_prefixes=CLASSIFIER_PREFIXES if reset_classifier else ())
     except DataError as error:
-        if reset_classifier or "shapes differ" not in error.problem:
+        if reset_classifier or "shape mismatches" not in error.problem:
             raise
         hint = "; for another class count add --reset-classifier"
         raise DataError(path, error.problem + hint) from None
