@@ -195,3 +195,19 @@ def test_pretrained_flag_takes_a_detectron_file_as_encoder_weights(tmp_path, mon
     assert torch.equal(state["layer1.0.conv1.weight"], reference.layer1[0].conv1.weight)
     again = choose(str(path), model="unet_resnet", model_kwargs={"encoder": "resnet50"})
     assert again.path == choice.path  # imported once
+
+
+def test_weights_flag_takes_a_detectron_mask_rcnn_file(tmp_path, monkeypatch):
+    """`segworks train --task instance --weights model_final.pkl`: imported for the model."""
+    from segworks.models.starting import whole_model_file
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    torch.manual_seed(0)
+    reference = build_model("maskrcnn_r50_fpn", num_classes=3, freeze_bn=True)
+    path = tmp_path / "model_final.pkl"
+    write_pkl(path, to_detectron(reference.state_dict(), "maskrcnn_r50_fpn"), wrap=True)
+    converted = whole_model_file(path, "maskrcnn_r50_fpn", {"num_classes": 3})
+    state = torch.load(converted, weights_only=True)["model"]
+    key = "roi_heads.box_predictor.cls_score.weight"
+    assert torch.equal(state[key], reference.state_dict()[key])
+    assert whole_model_file(tmp_path / "x.pt", "maskrcnn_r50_fpn") == tmp_path / "x.pt"

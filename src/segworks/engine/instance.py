@@ -164,6 +164,10 @@ def build_instance_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
             raise SegworksError("maskrcnn_tiny has no ImageNet backbone; drop --backbone-weights")
         extra["backbone_weights"] = Path(cfg.backbone_weights)
     weights = cfg.weights
+    if weights and not cfg.resume:
+        from segworks.models.starting import whole_model_file
+
+        weights = whole_model_file(weights, cfg.model, kwargs)
     choice = None if cfg.resume else _pretrained(cfg, kwargs)
     if choice is not None and choice.kind == "encoder":
         extra["backbone_weights"] = choice.path

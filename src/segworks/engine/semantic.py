@@ -197,14 +197,14 @@ def build_train_model(cfg: TrainConfig, meta: DatasetMeta) -> nn.Module:
     """The registered model with its starting weights: `--pretrained` (a name or a file), or
     the precise forms `--backbone-weights` / `--weights`. Nothing is loaded when resuming."""
     from segworks.models import build_model
-    from segworks.models.starting import choose
+    from segworks.models.starting import choose, whole_model_file
     from segworks.models.weights import load_weights, looks_like_whole_model
 
     kwargs = dict(cfg.model_kwargs)
     choice = None if cfg.resume else choose(cfg.pretrained, model=cfg.model, model_kwargs=kwargs)
     if cfg.backbone_weights:
         kwargs["backbone_weights"] = cfg.backbone_weights
-    weights = cfg.weights
+    weights = whole_model_file(cfg.weights, cfg.model, kwargs) if cfg.weights else None
     model = build_model(cfg.model, num_classes=meta.model_channels, **kwargs)
     if choice is not None:
         whole = choice.kind == "model" or (

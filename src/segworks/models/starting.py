@@ -27,7 +27,7 @@ from segworks.models.pretrained import (
     weights_file,
 )
 
-__all__ = ["Choice", "choose", "pretrained_checkpoint"]
+__all__ = ["Choice", "choose", "pretrained_checkpoint", "whole_model_file"]
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +157,16 @@ def _write_checkpoint(entry: PretrainedWeights, source: Path, target: Path) -> N
         "config": {"pretrained": entry.name},
     }
     save_checkpoint(target, checkpoint)
+
+
+def whole_model_file(path: str | Path, model: str, model_kwargs: dict | None = None) -> Path:
+    """`--weights FILE`: a Chainer or Detectron file imported for `model` (once, into the hub
+    cache); any other file as it is."""
+    choice = _foreign_choice(Path(path), model, model_kwargs)
+    if choice is None:
+        return Path(path)
+    if choice.kind != "model":
+        raise SegworksError(
+            f"--weights {path}: it fits only the encoder of {model}; use --pretrained {path}"
+        )
+    return choice.path
