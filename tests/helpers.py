@@ -23,7 +23,7 @@ from torch import nn
 
 from segworks.checkpoint import save_checkpoint
 from segworks.coco_eval import encode_mask as encode_rle
-from segworks.data.formats import encode_mask
+from segworks.data.encoding import encode_mask
 from segworks.data.meta import DatasetMeta, voc_palette
 
 # ---------------------------------------------------------------------------------------------

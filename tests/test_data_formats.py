@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
+from segworks.data.encoding import encode_mask
 from segworks.data.formats import (
     MaskDecoder,
-    encode_mask,
     rasterize_labelme,
     read_palette,
 )

@@ -283,7 +283,7 @@ def test_parity_failure_raises_and_writes_nothing(format, tmp_path):
 
 
 def test_parity_flags_flipped_labels():
-    from segworks.export import _check_one
+    from segworks.export.checks import _check_one
 
     model = small_model("tutorial_convnet").eval()
     x = torch.randn(1, 3, *SIZE)

@@ -1,7 +1,8 @@
 """Datasets for semantic and binary segmentation: layouts, mask formats, paired transforms.
 
 The names below are imported on first use, so that the torch-free modules of this package
-(`formats`, `meta`, `layouts`) can be used where torch is not installed (`predict --onnx`).
+(`formats`, `reading`, `encoding`, `meta`, `layouts`) can be used where torch is not installed
+(`predict --onnx`).
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from segworks import IGNORE_INDEX
-from segworks.data.formats import DRAWN_FORMATS, MaskDecoder, apply_roi, image_size, open_image
+from segworks.data.formats import DRAWN_FORMATS, MaskDecoder, apply_roi
 from segworks.data.meta import DatasetMeta
+from segworks.data.reading import image_size, open_image
 from segworks.data.transforms import eval_transforms
 from segworks.data.yolo import read_labels
 from segworks.errors import DataError

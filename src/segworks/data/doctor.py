@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from segworks import IGNORE_INDEX
 from segworks.data.dataset import Sample
-from segworks.data.formats import DRAWN_FORMATS, MaskDecoder, apply_roi, image_size, open_image
+from segworks.data.formats import DRAWN_FORMATS, MaskDecoder, apply_roi
 from segworks.data.layouts import DatasetSource
+from segworks.data.reading import image_size, open_image
 from segworks.errors import DataError
 from segworks.fileio import save_text
 

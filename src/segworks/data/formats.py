@@ -1,8 +1,9 @@
 """Mask encodings on disk and how to turn each into a label array.
 
 Every decoder returns an int64 (H, W) array with the dataset's void value mapped to
-segworks.IGNORE_INDEX (255). The encoders exist so that tests can write every format and read it
-back (see tests/test_data_formats.py); they are also handy to convert a dataset.
+segworks.IGNORE_INDEX (255). Reading the files (images, labelme JSON, raw mask values) is in
+segworks.data.reading; writing every format (for tests and dataset conversion) in
+segworks.data.encoding.
 
 Formats:
 - "palette": a PNG in P mode; the palette index is the label (Pascal VOC); the palette is kept.
@@ -23,9 +24,7 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,77 +33,16 @@ from PIL import Image, ImageDraw
 
 from segworks import IGNORE_INDEX
 from segworks.data import yolo
+from segworks.data.reading import PIL_ERRORS, open_image, read_labelme, read_raw
 from segworks.errors import DataError
-from segworks.fileio import atomic_path, save_image, save_json
 
 MASK_FORMATS = ("palette", "index", "binary", "rgb", "npy", "labelme", "yolo", "trimap")
 DRAWN_FORMATS = ("labelme", "yolo")  # shapes drawn at the image size (the caller passes it)
 TRIMAP_VALUES = {1: 1, 2: 0, 3: IGNORE_INDEX}  # foreground, background, border
-SLIDE_MAX_PIXELS = 2_000_000_000  # sliding-window prediction reads images up to this size
 Colour = tuple[int, int, int]
 
 LABELME_IGNORE = "__ignore__"
 BACKGROUND_NAMES = ("_background_", "background", "__background__")
-
-# Errors PIL raises for a missing, truncated or corrupt file.
-PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-# --------------------------------------------------------------------------- reading raw files
-def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image file; a labelme JSON yields its embedded imageData."""
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        return _labelme_image(path)
-    try:
-        image = Image.open(path)
-        image.load()  # PIL closes the file it opened once the pixels are loaded
-        return image
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except Image.DecompressionBombError:
-        raise DataError(path, _too_large()) from None
-    except PIL_ERRORS as error:
-        raise DataError(path, f"cannot decode image ({error})") from None
-
-
-def _too_large() -> str:
-    limit = (Image.MAX_IMAGE_PIXELS or 0) * 2 // 1_000_000
-    if limit >= SLIDE_MAX_PIXELS // 1_000_000:
-        return f"the image is over the {limit}-megapixel cap of sliding-window prediction"
-    return (
-        f"the image is over the {limit}-megapixel limit for reading it whole; predict it with "
-        f"--mode slide --tile H W (up to {SLIDE_MAX_PIXELS // 1_000_000} megapixels)"
-    )
-
-
-@contextmanager
-def pixel_limit(pixels: int) -> Iterator[None]:
-    """Let PIL open images of up to `pixels` (its own guard stops at 2 x MAX_IMAGE_PIXELS)."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max(saved or 0, pixels // 2)
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image from its header only (labelme JSON: imageHeight/imageWidth)."""
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        data = read_labelme(path)
-        return int(data["imageHeight"]), int(data["imageWidth"])
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except Image.DecompressionBombError:
-        raise DataError(path, _too_large()) from None
-    except PIL_ERRORS as error:
-        raise DataError(path, f"cannot read image header ({error})") from None
-    return height, width
 
 
 def read_palette(path: Path) -> list[Colour]:
@@ -114,73 +52,6 @@ def read_palette(path: Path) -> list[Colour]:
     if not flat:
         return []
     return [tuple(flat[i : i + 3]) for i in range(0, len(flat) - 2, 3)]
-
-
-def read_labelme(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(path, f"not a readable labelme JSON file ({error})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
-        raise DataError(path, "not a labelme file (no 'shapes' list)")
-    return data
-
-
-def _labelme_image(path: Path) -> Image.Image:
-    data = read_labelme(path)
-    image_path = path.parent / str(data.get("imagePath") or "")
-    if data.get("imagePath") and image_path.is_file():
-        return open_image(image_path)
-    if not data.get("imageData"):
-        raise DataError(path, "labelme file has no imageData and its imagePath does not exist")
-    try:
-        with Image.open(io.BytesIO(base64.b64decode(data["imageData"]))) as image:
-            image.load()
-            return image.copy()
-    except (PIL_ERRORS, base64.binascii.Error) as error:
-        raise DataError(path, f"cannot decode the embedded imageData ({error})") from None
-
-
-def read_raw(path: Path, mask_format: str) -> np.ndarray:
-    """The values stored in a mask file, before any class mapping: (H, W) for every format
-    except "rgb", which gives (H, W, 3) uint8. labelme files are not raw arrays: use
-    rasterize_labelme."""
-    path = Path(path)
-    if mask_format == "npy":
-        return _read_npy(path)
-    image = open_image(path)
-    if mask_format == "rgb":
-        return np.asarray(image.convert("RGB"))
-    if mask_format == "palette" and image.mode not in ("P", "L"):
-        raise DataError(path, f"expected a palette (P mode) PNG, found mode {image.mode}")
-    if image.mode in ("RGB", "RGBA"):
-        rgb = np.asarray(image.convert("RGB"))
-        if not (
-            np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
-        ):
-            raise DataError(path, f"{mask_format} mask is a colour image; use mask format 'rgb'")
-        return rgb[..., 0]
-    if image.mode in ("LA", "PA"):
-        image = image.getchannel(0)
-    return np.asarray(image)
-
-
-def _read_npy(path: Path) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except (OSError, ValueError, EOFError) as error:
-        raise DataError(path, f"cannot load .npy array ({error})") from None
-    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
-        array = array.reshape(array.shape[0], -1) if array.shape[-1] == 1 else array[0]
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
-        raise DataError(
-            path, f"expected a 2-D integer label array, got {array.dtype} {array.shape}"
-        )
-    return array
 
 
 # --------------------------------------------------------------------------- labelme
@@ -423,88 +294,3 @@ def colour_map_from_palette(
     if void_colour is not None:
         mapping[tuple(void_colour)] = IGNORE_INDEX
     return mapping
-
-
-# --------------------------------------------------------------------------- encoding
-def encode_mask(
-    labels: np.ndarray,
-    path: str | Path,
-    *,
-    mask_format: str,
-    palette: Sequence[Colour] | None = None,
-    colour_map: Mapping[Colour, int] | None = None,
-    class_names: Sequence[str] | None = None,
-    reduce_zero_label: bool = False,
-    void_value: int = IGNORE_INDEX,
-) -> Path:
-    """Write labels (int, void = 255) in `mask_format`; decoding the file gives `labels` back.
-
-    binary: labels hold 0/1 (+255 only in a 0/1 mask, which is written when 255 is present).
-    """
-    path = Path(path)
-    labels = np.asarray(labels)
-    if mask_format == "npy":
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, np.where(labels == IGNORE_INDEX, -1, labels).astype(np.int32))
-    elif mask_format == "labelme":
-        save_json(labelme_document(labels, class_names, path.with_suffix(".png").name), path)
-    elif mask_format == "rgb":
-        save_image(Image.fromarray(_encode_rgb(labels, colour_map or {})), path)
-    else:
-        save_image(_encode_gray(labels, mask_format, palette, reduce_zero_label, void_value), path)
-    return path
-
-
-def _encode_gray(labels, mask_format, palette, reduce_zero_label, void_value) -> Image.Image:
-    void = labels == IGNORE_INDEX
-    if mask_format == "binary":
-        values = np.where(void, 255, labels) if void.any() else labels * 255
-    elif reduce_zero_label:
-        values = np.where(void, 0, labels + 1)
-    else:
-        values = np.where(void, void_value, labels)
-    height, width = values.shape
-    mode = "P" if mask_format == "palette" else "L"
-    image = Image.frombytes(mode, (width, height), values.astype(np.uint8).tobytes())
-    if mask_format == "palette":
-        colours = list(palette or [])
-        colours += [(0, 0, 0)] * (256 - len(colours))
-        image.putpalette([v for colour in colours[:256] for v in colour])
-    return image
-
-
-def _encode_rgb(labels: np.ndarray, colour_map: Mapping[Colour, int]) -> np.ndarray:
-    by_class = {c: colour for colour, c in colour_map.items()}
-    table = np.zeros((256, 3), dtype=np.uint8)
-    for value in np.unique(labels):
-        if int(value) not in by_class:
-            raise ValueError(f"label {int(value)} has no colour in the colour map")
-        table[int(value)] = by_class[int(value)]
-    return table[labels]
-
-
-def labelme_document(
-    labels: np.ndarray, class_names: Sequence[str] | None, image_path: str
-) -> dict:
-    """A labelme file drawing `labels` as one 1-pixel-high rectangle per run of a row."""
-    names = list(class_names or [f"class_{i}" for i in range(int(labels.max()) + 1)])
-    shapes = []
-    for y, row in enumerate(labels):
-        edges = np.flatnonzero(np.diff(row)) + 1
-        for start, stop in zip(np.r_[0, edges], np.r_[edges, len(row)]):
-            value = int(row[start])
-            if value == 0:
-                continue
-            label = LABELME_IGNORE if value == IGNORE_INDEX else names[value]
-            points = [[float(start), float(y)], [float(stop - 1), float(y)]]
-            shapes.append({"label": label, "points": points, "shape_type": "rectangle"})
-    height, width = labels.shape
-    return {
-        "version": "5.0.1",
-        "flags": {},
-        "shapes": shapes,
-        "imagePath": image_path,
-        "imageData": None,
-        "imageHeight": height,
-        "imageWidth": width,
-    }

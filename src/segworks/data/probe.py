@@ -11,8 +11,9 @@ import numpy as np
 from PIL import Image
 
 from segworks import IGNORE_INDEX
-from segworks.data.formats import PIL_ERRORS, Colour, colour_map_from_palette, read_palette
+from segworks.data.formats import Colour, colour_map_from_palette, read_palette
 from segworks.data.meta import voc_palette
+from segworks.data.reading import PIL_ERRORS
 from segworks.errors import DataError
 from segworks.suffixes import LOSSY_SUFFIXES, dominant_suffix
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from segworks.data.formats import SLIDE_MAX_PIXELS, image_size, open_image, pixel_limit
+from segworks.data.reading import SLIDE_MAX_PIXELS, image_size, open_image, pixel_limit
 from segworks.errors import DataError
 from segworks.inference.inputs import InputItem
 from segworks.inference.writer import Writer

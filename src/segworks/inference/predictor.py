@@ -360,7 +360,7 @@ def _pair(value: Sequence[int] | int, name: str) -> tuple[int, int]:
 
 def _as_uint8(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, Path)):
-        from segworks.data.formats import open_image
+        from segworks.data.reading import open_image
 
         image = open_image(Path(image))
     if isinstance(image, Image.Image):
