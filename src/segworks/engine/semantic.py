@@ -205,6 +205,8 @@ def build_train_model(cfg: TrainConfig, meta: DatasetMeta) -> nn.Module:
     if cfg.backbone_weights:
         kwargs["backbone_weights"] = cfg.backbone_weights
     weights = whole_model_file(cfg.weights, cfg.model, kwargs) if cfg.weights else None
+    if choice is not None and choice.kind == "encoder":
+        kwargs["backbone_weights"] = choice.path  # known up front: build the model once
     model = build_model(cfg.model, num_classes=meta.model_channels, **kwargs)
     if choice is not None:
         whole = choice.kind == "model" or (
@@ -212,7 +214,7 @@ def build_train_model(cfg: TrainConfig, meta: DatasetMeta) -> nn.Module:
         )
         if whole:
             weights = weights or choice.path
-        else:
+        elif choice.kind == "file":
             kwargs["backbone_weights"] = choice.path
             model = build_model(cfg.model, num_classes=meta.model_channels, **kwargs)
         log.info("pretrained %s: %s (%s)", "model" if whole else "encoder", cfg.pretrained,
