@@ -6,8 +6,8 @@ on the CPU, scored on the val split.
     python -m benchmarks.bench_camvid --models unet,segnet_basic,fcn8s --minutes 5 \
         --threads 1 --clock cpu                        # one table, the same budget per model
 
-The epochs are fitted to `--minutes` by timing a few steps first (the cosine schedule then ends
-on time). Training sees 176 px crops of images scaled to about half size (180x240); there is no
+The epochs are fitted to `--minutes` by timing a few steps first and refitted from the first
+epoch's measured time (`fit_minutes`; the cosine schedule then ends on time). Training sees 176 px crops of images scaled to about half size (180x240); there is no
 validation during training, so every minute goes to training. The last checkpoint is scored on
 the 101 val images: each is resized to 180x240, and the logits are resized back, so the numbers
 count every pixel at CamVid's 360x480 (void excluded). `--clock cpu` fits the epochs to this
@@ -44,7 +44,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_newts import parse_sets, run_overrides, score
+from benchmarks.bench_newts import parse_sets, run_overrides, score, score_model
+from benchmarks.peers import PEER_TITLE, train_peer
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
 SIZE = (180, 240)  # (H, W): CamVid at half resolution, "240x180"
@@ -73,9 +74,19 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_models(args, names)
         print(models_table(args, rows))
         return 0
-    row = run(args)
-    print(json.dumps(row), flush=True)
-    print(table(args, row))
+    if not args.peer:
+        row = run(args)
+        print(json.dumps(row), flush=True)
+        print(table(args, row))
+        return 0
+    context = multiprocessing.get_context("spawn")  # a fresh torch per run: threads, RNG
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        ours, theirs = pool.submit(run, args), pool.submit(run_peer, args)
+        row, peer_row = ours.result(), theirs.result()
+    for line in (json.dumps(row), table(args, row), json.dumps(peer_row)):
+        print(line, flush=True)
+    print(table(args, peer_row, title=f"peer: {PEER_TITLE}"))
+    print(f"ratio CamVid val mIoU segworks/smp: {row['miou'] / peer_row['miou']:.3f}")
     return 0
 
 
@@ -93,7 +104,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="A,B,C",
         help="train each of these models for --minutes and print one table",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="models trained at once (--models)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="models trained at once (--models; 2 with --peer runs both at once)")  # fmt: skip
+    parser.add_argument("--peer", choices=("smp",),
+                        help="also smp's Unet on the same weights, same data and CPU budget")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe setting (JSON value)")  # fmt: skip
     return parser.parse_args(argv)
@@ -118,6 +132,7 @@ def run(args: argparse.Namespace) -> dict:
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         budget = args.minutes * (args.threads if args.clock == "cpu" else 1)
         cfg.epochs = epochs_for_budget(cfg, budget, train_images=images, clock=clock)
+        cfg.fit_minutes, cfg.fit_clock = budget, args.clock  # refitted after the first epoch
         wall, cpu = time.perf_counter(), time.process_time()
         run_dir = train(cfg)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -299,13 +314,38 @@ def models_table(args: argparse.Namespace, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def table(args: argparse.Namespace, row: dict) -> str:
+def run_peer(args: argparse.Namespace) -> dict:
+    """smp's Unet (benchmarks.peers) on the recipe's data pipeline for the same CPU budget."""
+    from segworks.checkpoint import save_checkpoint
+    from segworks.data import open_source
+    from segworks.engine.train import build_data
+    from segworks.recipes import recipe_config
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    source = open_source(str(args.data))
+    with tempfile.TemporaryDirectory(prefix="bench_camvid_peer_") as folder:
+        overrides = run_overrides(args.data, args.seed, folder, source)
+        overrides.update(parse_sets(args.set), workers=0)
+        cfg = recipe_config(args.recipe, **overrides)
+        budget = 60 * args.minutes * args.threads
+        peer, epochs, cpu = train_peer(cfg, build_data(cfg).train_set, budget)
+        path = Path(folder) / "peer.pt"
+        meta = {**source.meta.to_dict(), "mean": list(cfg.mean), "std": list(cfg.std)}
+        save_checkpoint(path, {"peer": True, "meta": meta, "config": {}})
+        scores = score_model(peer, path, source.dataset("val"), size=SIZE)
+    return {"seed": args.seed, "epochs": epochs, "train_min": cpu, "cpu_min": cpu,
+            "class_names": source.meta.class_names, **scores}  # fmt: skip
+
+
+def table(args: argparse.Namespace, row: dict, title: str | None = None) -> str:
     lines = [
-        f"CamVid train -> val, recipe '{args.recipe}' {' '.join(args.set)}, input 180x240, "
+        title
+        or f"CamVid train -> val, recipe '{args.recipe}' {' '.join(args.set)}, input 180x240, "
         f"scored at 360x480",
         f"budget {args.minutes} min ({args.clock} clock, {args.threads} threads): "
         f"{row['epochs']} epochs, {row['train_min']:.1f} min wall, {row['cpu_min']:.1f} min CPU",
-        f"val mIoU {row['miou']:.4f}",
+        f"val mIoU {row['miou']:.4f}   (flip TTA {row['miou_flip']:.4f})",
         "IoU per class:",
     ]
     lines += [f"  {name:<12} {iou:.3f}" for name, iou in zip(row["class_names"], row["iou"])]

@@ -5,15 +5,18 @@ own recipe.
     python -m benchmarks.bench_newts --baseline        # the seed tutorial's recipe as well
     python -m benchmarks.bench_newts --validate        # choose settings: 4 train images held out
 
-Every seed trains from scratch for `--minutes` on the CPU (the epochs are fitted to the time by
-timing a few steps first; the recipe's cosine schedule then ends on time) and is scored once on
+Every seed trains for `--minutes` on the CPU (the epochs are fitted to the time by timing a few
+steps first, then refitted from the first epoch's measured time, `fit_minutes`; the recipe's
+cosine schedule then ends on time) and is scored once on
 the test split at the images' original resolution with the last checkpoint. `--clock cpu` fits
 the epochs to CPU time of one process instead of wall time: on a machine shared with other jobs
 that is what "N minutes on the CPU" means (with `--threads 1` a run gets no more work done than
 a 2-thread run in the same wall time on two free cores). `--jobs 2` runs two seeds at once.
 
 `--validate` holds out 4 of the 16 train images (the engine's fixed carve, seed 0) and scores
-those instead of the test split: settings are chosen there, never on the test images.
+those instead of the test split: settings are chosen there, never on the test images. With
+`--fold K` (0-3) the held-out four are images K and K + 4 of each species' folder, so the four
+folds together score every train image once (4-fold cross-validation).
 
 The seed tutorial's recipe (`--baseline`): its UNet-like net (BN U-Net, 32 channels, depth 4),
 every image resized to 64x64, SGD lr 0.01 momentum 0.9, batch 4, horizontal flips, 1000
@@ -35,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from benchmarks.peers import PEER_TITLE, train_peer
 
 NEWTS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "newts"
 VAL_FRACTION = 0.25  # 4 of 16 train images for --validate
@@ -78,6 +83,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline", action="store_true", help="also the tutorial's recipe")
     parser.add_argument("--peer", choices=("smp",), help="also smp's Unet on the same weights")
     parser.add_argument("--validate", action="store_true", help="score held-out train images")
+    parser.add_argument(
+        "--fold",
+        type=int,
+        choices=range(4),
+        default=None,
+        help="with --validate: hold out images K, K+4 of every folder (4 folds)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe setting (JSON value), e.g. --set lr=0.001")  # fmt: skip
     return parser.parse_args(argv)
@@ -96,11 +108,13 @@ def run_all(args: argparse.Namespace, which: str) -> list[dict]:
 
 # --------------------------------------------------------------------------- the recipe
 def run_recipe(options: dict, seed: int) -> dict:
+    import segworks.engine.semantic as semantic
     from segworks.data import open_source
-    from segworks.engine.train import split_samples, train
+    from segworks.engine.train import train
     from segworks.recipes import epochs_for_budget, recipe_config
 
     torch.set_num_threads(options["threads"])
+    held_out_set(options)
     source = open_source(str(options["data"]))
     with tempfile.TemporaryDirectory(prefix="bench_newts_") as folder:
         overrides = run_overrides(options["data"], seed, folder, source)
@@ -111,11 +125,12 @@ def run_recipe(options: dict, seed: int) -> dict:
         else:
             overrides["max_minutes"] = options["minutes"]
         cfg = recipe_config(options["recipe"], **overrides)
-        train_samples, val_samples = split_samples(cfg, source.splits)
+        train_samples, val_samples = semantic.split_samples(cfg, source.splits)
         clock = time.process_time if options["clock"] == "cpu" else time.perf_counter
         budget = options["minutes"] * (options["threads"] if options["clock"] == "cpu" else 1)
         cfg.epochs = epochs_for_budget(cfg, budget, train_images=len(train_samples), clock=clock)
         cfg.warmup = min(cfg.warmup, cfg.epochs * steps_per_epoch(cfg, len(train_samples)) // 4)
+        cfg.fit_minutes, cfg.fit_clock = budget, options["clock"]  # refitted after epoch 1
         wall, cpu = time.perf_counter(), time.process_time()
         run_dir = train(cfg)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -123,6 +138,23 @@ def run_recipe(options: dict, seed: int) -> dict:
         scores = score(run_dir / "last.pt", source.dataset(test))
     return {"seed": seed, "epochs": cfg.epochs, "train_min": wall / 60, "cpu_min": cpu / 60,
             **scores}  # fmt: skip
+
+
+def held_out_set(options: dict) -> None:
+    """`--fold K`: the engine's train/val carve becomes fold K of 4 (in this process): images
+    K and K + 4 (in name order) of every folder are held out, so each species loses two."""
+    if options.get("fold") is None or not options["validate"]:
+        return
+    import segworks.engine.semantic as semantic
+
+    def fold_split(cfg, splits: dict) -> tuple[list, list]:
+        by_folder: dict = {}
+        for sample in sorted(splits[cfg.train_split], key=lambda s: s.image):
+            by_folder.setdefault(sample.image.parent, []).append(sample)
+        pairs = [(i % 4 == options["fold"], s) for g in by_folder.values() for i, s in enumerate(g)]
+        return [s for out, s in pairs if not out], [s for out, s in pairs if out]
+
+    semantic.split_samples = fold_split
 
 
 def steps_per_epoch(cfg, images: int) -> int:
@@ -198,10 +230,11 @@ def run_baseline(options: dict, seed: int) -> dict:
     from segworks.config import TrainConfig
     from segworks.data import open_source
     from segworks.data.meta import IMAGENET_MEAN, IMAGENET_STD
-    from segworks.engine.train import split_samples
+    from segworks.engine.semantic import split_samples
     from segworks.models import build_model
 
     torch.set_num_threads(options["threads"])
+    held_out_set(options)
     torch.manual_seed(seed)
     source = open_source(str(options["data"]))
     cfg = TrainConfig(
@@ -245,41 +278,17 @@ def load_resized(dataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- the peer
-PEER_TITLE = (
-    "smp Unet('tu-tf_efficientnet_lite0') on the same ImageNet weights, trained as smp's examples "
-    "do (Adam 1e-4, Dice loss, constant lr), same images, crops and CPU budget"
-)
-
-
-class PaddedPeer(torch.nn.Module):
-    """smp models need sides divisible by 32: pad (reflect), run, crop; {"out": logits}."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> dict:
-        height, width = x.shape[-2:]
-        pad_h, pad_w = (-height) % 32, (-width) % 32
-        out = self.model(F.pad(x, (0, pad_w, 0, pad_h), mode="reflect"))
-        return {"out": out[..., :height, :width]}
-
-
 def run_smp(options: dict, seed: int) -> dict:
     """smp's Unet with segworks' EfficientNet-Lite0 ImageNet file, the recipe's data pipeline,
     and smp's example training loop (Adam 1e-4, multiclass Dice loss), until the CPU budget."""
-    import segmentation_models_pytorch as smp
-
+    import segworks.engine.semantic as semantic
     from segworks.checkpoint import save_checkpoint
     from segworks.data import open_source
-    from segworks.engine.distributed import DistInfo
-    from segworks.engine.train import build_data, split_samples, train_loader
-    from segworks.models.encoders import lite_to_timm
-    from segworks.models.pretrained import WEIGHTS, weights_file
-    from segworks.models.weights import read_state_dict
+    from segworks.engine.train import build_data
     from segworks.recipes import recipe_config
 
     torch.set_num_threads(options["threads"])
+    held_out_set(options)
     torch.manual_seed(seed)
     source = open_source(str(options["data"]))
     with tempfile.TemporaryDirectory(prefix="bench_newts_") as folder:
@@ -287,36 +296,15 @@ def run_smp(options: dict, seed: int) -> dict:
         overrides.update(parse_sets(options["set"]), workers=0)
         overrides["val_split"] = VAL_FRACTION if options["validate"] else 0.0
         cfg = recipe_config(options["recipe"], **overrides)
-        model = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, classes=3)
-        state = read_state_dict(weights_file(WEIGHTS["efficientnet_lite0"]))
-        depths = [len(stage) for stage in model.encoder.model.blocks]
-        state = {k: v for k, v in lite_to_timm(state, depths).items()
-                 if not k.startswith(("conv_head.", "bn2.", "classifier."))}  # fmt: skip
-        model.encoder.model.load_state_dict(state)
-        peer = PaddedPeer(model).train()
-        optimizer = torch.optim.Adam(peer.parameters(), lr=1e-4)
-        dice = smp.losses.DiceLoss("multiclass", ignore_index=255)
-        data = build_data(cfg)
         budget = 60 * options["minutes"] * options["threads"]
-        start, steps, epoch = time.process_time(), 0, 0
-        while time.process_time() - start < budget:
-            for images, targets in train_loader(cfg, data.train_set, DistInfo(), epoch):
-                loss = dice(peer(images)["out"], targets)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                steps += 1
-                if time.process_time() - start >= budget:
-                    break
-            epoch += 1
-        cpu = (time.process_time() - start) / 60
-        train_samples, val_samples = split_samples(cfg, source.splits)
+        peer, epochs, cpu = train_peer(cfg, build_data(cfg).train_set, budget)
+        train_samples, val_samples = semantic.split_samples(cfg, source.splits)
         test = val_samples if options["validate"] else source.splits["test"]
         path = Path(folder) / "peer.pt"
         meta = {**source.meta.to_dict(), "mean": list(cfg.mean), "std": list(cfg.std)}
         save_checkpoint(path, {"peer": True, "meta": meta, "config": {"long_side": cfg.long_side}})
-        scores = score_model(peer.eval(), path, source.dataset(test))
-    return {"seed": seed, "epochs": epoch, "train_min": cpu, "cpu_min": cpu, **scores}
+        scores = score_model(peer, path, source.dataset(test))
+    return {"seed": seed, "epochs": epochs, "train_min": cpu, "cpu_min": cpu, **scores}
 
 
 # --------------------------------------------------------------------------- report

@@ -12,6 +12,7 @@ tests/ on sys.path). Test files import from here and from segworks, never from e
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from segworks.checkpoint import save_checkpoint
 from segworks.coco_eval import encode_mask as encode_rle
+from segworks.config import TrainConfig
 from segworks.data.encoding import encode_mask
 from segworks.data.meta import DatasetMeta, voc_palette
 
@@ -386,3 +388,29 @@ def randomise_batchnorm(model: torch.nn.Module, seed: int = 3) -> None:
                 module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
                 module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
                 module.bias.copy_(0.1 * torch.randn(size, generator=generator))
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(
+        data=str(data),
+        model="unet",
+        model_kwargs={"base_width": 4, "depth": 2},
+        epochs=3,
+        batch_size=4,
+        lr=3e-3,
+        crop_size=28,
+        scale_range=(0.8, 1.2),
+        jitter=0.2,
+        workers=0,
+        device="cpu",
+        out=str(out),
+        tensorboard=False,
+        progress=False,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -44,3 +44,26 @@ def test_a_tiny_run_trains_and_scores_the_test_split(shared_datasets, capsys):
     miou = float(line.split()[2])
     assert 0.0 <= miou <= 1.0
     assert "mean IoU per class:" in out
+
+
+def test_the_four_folds_hold_out_two_images_per_species_and_cover_train_once(
+    shared_datasets, monkeypatch
+):
+    import segworks.engine.semantic as semantic
+    from segworks.config import TrainConfig
+    from segworks.data import open_source
+
+    newts = shared_datasets / "newts"
+    if not (newts / "train").is_dir():
+        pytest.skip("no newts dataset")
+    splits = open_source(str(newts)).splits
+    cfg = TrainConfig(data=str(newts))
+    monkeypatch.setattr(semantic, "split_samples", semantic.split_samples)  # restored after
+    held_out = []
+    for fold in range(4):
+        bench.held_out_set({"fold": fold, "validate": True})
+        train, val = semantic.split_samples(cfg, splits)
+        assert len(val) == 4 and len(train) == 12
+        assert sorted(s.image.parent.name for s in val) == ["akahara"] * 2 + ["madara"] * 2
+        held_out += [s.image for s in val]
+    assert sorted(held_out) == sorted(s.image for s in splits["train"])

@@ -11,8 +11,10 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 
 from segworks.checkpoint import load_checkpoint
 from segworks.cli import main
+from segworks.errors import SegworksError
 from segworks.export import export_instance_model
 from segworks.models import MODELS, build_model
+from segworks.models.encoders import build_encoder, level_modules
 from segworks.models.mask_rcnn import maskrcnn_r50_fpn_v2
 from segworks.models.pretrained import MODEL_ENCODERS, WEIGHTS, status, weights_file
 from segworks.models.weights import read_state_dict
@@ -81,6 +83,43 @@ def test_the_feature_pyramid_has_five_levels_of_256_channels():
         (16, 24), (8, 12), (4, 6), (2, 3), (1, 2)
     ]  # fmt: skip
     assert all(f.shape[1] == 256 for f in features.values())
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "mobilenet_v2", "efficientnet_lite0"])
+def test_level_modules_hold_every_encoder_parameter_once(encoder):
+    """Five groups, bottom first, that between them own each parameter exactly once."""
+    body = build_encoder(encoder).eval()
+    groups = level_modules(body)
+    assert len(groups) == 5
+    owned = [id(p) for modules in groups for module in modules for p in module.parameters()]
+    assert sorted(owned) == sorted(id(p) for p in body.parameters())
+
+
+def test_trainable_levels_freeze_the_bottom_of_the_encoder_as_torchvision_does():
+    path = _imagenet_file("mobilenet_v2")
+    model = build_model("maskrcnn_mobilenet_v2_fpn", num_classes=2, backbone_weights=path, **SMALL)
+    groups = level_modules(model.backbone.body)
+    trains = [any(p.requires_grad for m in g for p in m.parameters()) for g in groups]
+    assert trains == [False, False, True, True, True]  # torchvision's 3 with ImageNet weights
+    scratch = build_model("maskrcnn_mobilenet_v2_fpn", num_classes=2, **SMALL)
+    assert all(p.requires_grad for p in scratch.backbone.body.parameters())
+    none = build_model("maskrcnn_mobilenet_v2_fpn", num_classes=2, trainable_levels=0, **SMALL)
+    assert not any(p.requires_grad for p in none.backbone.body.parameters())
+    model.train()
+    sum(model([torch.rand(3, 72, 88)], [one_instance()]).values()).backward()
+    assert all(p.grad is None for m in groups[0] for p in m.parameters())
+    assert any(p.grad is not None for m in groups[4] for p in m.parameters())
+    with pytest.raises(SegworksError, match="trainable_levels must be in 0..5, got 6"):
+        build_model("maskrcnn_mobilenet_v2_fpn", num_classes=2, trainable_levels=6)
+
+
+def test_fpn_channels_set_the_pyramid_and_head_width():
+    model = build_model("maskrcnn_mobilenet_v2_fpn", num_classes=2, fpn_channels=128, **SMALL)
+    features = model.backbone(torch.rand(1, 3, 64, 96))
+    assert all(f.shape[1] == 128 for f in features.values())
+    model.train()
+    losses = model([torch.rand(3, 72, 88)], [one_instance()])
+    assert all(torch.isfinite(value) for value in losses.values())
 
 
 def _imagenet_file(name: str):

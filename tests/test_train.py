@@ -3,13 +3,13 @@ early stopping and gradient accumulation."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_rows, tiny_config
 
 from segworks import losses
 from segworks.checkpoint import load_checkpoint
@@ -24,27 +24,6 @@ def shapes(tmp_path_factory) -> Path:
     return write_shapes_dataset(tmp_path_factory.mktemp("shapes"), num_train=12, num_val=3, size=32)
 
 
-def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
-    settings = dict(
-        data=str(data),
-        model="unet",
-        model_kwargs={"base_width": 4, "depth": 2},
-        epochs=3,
-        batch_size=4,
-        lr=3e-3,
-        crop_size=28,
-        scale_range=(0.8, 1.2),
-        jitter=0.2,
-        workers=0,
-        device="cpu",
-        out=str(out),
-        tensorboard=False,
-        progress=False,
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
-
-
 def interrupt_at(monkeypatch, call: int) -> None:
     """Raise KeyboardInterrupt (as Ctrl-C would) in the `call`-th loss computation."""
     real = losses.criterion
@@ -57,11 +36,6 @@ def interrupt_at(monkeypatch, call: int) -> None:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(losses, "criterion", criterion)
-
-
-def read_rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def assert_same_tensors(a: dict, b: dict) -> None:

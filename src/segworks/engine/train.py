@@ -51,6 +51,7 @@ from segworks.checkpoint import save_checkpoint
 from segworks.config import TrainConfig
 from segworks.devices import resolve_device
 from segworks.engine import distributed as ddp
+from segworks.engine.budget import fit_clock, refit_epochs
 from segworks.engine.evaluators import inference_on_dataset
 from segworks.engine.instance import InstanceTask
 from segworks.engine.loaders import train_loader, val_loader
@@ -225,12 +226,15 @@ def fit(run: Run) -> None:
              len(run.data.val_set) if run.data.val_set is not None else "no",
              run.steps_per_epoch, cfg.epochs)  # fmt: skip
     try:
+        clock = fit_clock(cfg)
         while run.epoch < cfg.epochs:
-            epoch_start = time.monotonic()
+            epoch_start, epoch_clock = time.monotonic(), clock()
             train_loss = train_one_epoch(run)
             run.epoch += 1
             run.batches_done = 0
             metrics = validate(run) if run.data.val_set is not None else {}
+            if cfg.fit_minutes and run.epoch == 1 and not cfg.resume:
+                refit_epochs(run, clock() - epoch_clock, build_schedule)
             stop = end_of_epoch(run, train_loss, metrics, time.monotonic() - epoch_start)
             if stop or out_of_time(run):
                 break

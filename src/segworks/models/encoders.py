@@ -36,6 +36,8 @@ __all__ = [
     "EfficientNetLiteEncoder",
     "MobileNetV2Encoder",
     "build_encoder",
+    "freeze_levels",
+    "level_modules",
     "lite_to_timm",
 ]
 
@@ -224,6 +226,30 @@ def build_encoder(
     if in_channels != 3:
         _adapt_first_conv(encoder, in_channels)
     return encoder
+
+
+def level_modules(encoder: nn.Module) -> list[list[nn.Module]]:
+    """The modules that compute each of an encoder's five levels, bottom (1/2) first."""
+    if isinstance(encoder, ResNetEncoder):
+        return [[encoder.conv1, encoder.bn1]] + [[getattr(encoder, f"layer{i}")] for i in range(1, 5)]
+    if isinstance(encoder, MobileNetV2Encoder):
+        starts = (0,) + tuple(cut + 1 for cut in _MOBILENET_CUTS[:-1])
+        return [list(encoder.features[a : b + 1]) for a, b in zip(starts, _MOBILENET_CUTS)]
+    if isinstance(encoder, EfficientNetLiteEncoder):
+        starts = (0,) + tuple(cut + 1 for cut in _LITE_CUTS[:-1])
+        stages = [list(encoder.blocks[a : b + 1]) for a, b in zip(starts, _LITE_CUTS)]
+        return [[encoder.conv_stem, encoder.bn1, *stages[0]], *stages[1:]]
+    raise SegworksError(f"no level map for encoder {type(encoder).__name__}")
+
+
+def freeze_levels(encoder: nn.Module, trainable: int) -> None:
+    """Train only the top `trainable` of the five levels (0..5), as torchvision's
+    `trainable_backbone_layers` does: the parameters below stop needing gradients."""
+    if not 0 <= trainable <= 5:
+        raise SegworksError(f"trainable_levels must be in 0..5, got {trainable}")
+    for modules in level_modules(encoder)[: 5 - trainable]:
+        for module in modules:
+            module.requires_grad_(False)
 
 
 def _load_resnet(encoder: ResNetEncoder, path: Path | str) -> None:

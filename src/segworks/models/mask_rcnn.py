@@ -58,7 +58,7 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from segworks.models.backbones import stride_in_1x1
-from segworks.models.encoders import build_encoder
+from segworks.models.encoders import build_encoder, freeze_levels
 from segworks.models.pretrained import WEIGHTS
 from segworks.models.weights import load_state_dict_file
 
@@ -369,22 +369,30 @@ def maskrcnn_encoder_fpn(
     gamma: float = 1.0,
     roi_size: int = 14,
     freeze_bn: bool | None = None,
+    fpn_channels: int = 256,
+    trainable_levels: int | None = None,
     **detector_kwargs,
 ) -> SegMaskRCNN:
     """Mask R-CNN with an FPN over an encoder of `segworks.models.encoders` (1/4..1/32 levels).
 
-    `backbone_weights` is the encoder's ImageNet file; `freeze_bn` as in `maskrcnn_resnet`. The
-    model normalises its input with the statistics of the encoder's registered ImageNet weights
-    (`image_mean` / `image_std` in `detector_kwargs` override them).
+    `backbone_weights` is the encoder's ImageNet file; `freeze_bn` as in `maskrcnn_resnet`.
+    `fpn_channels` is the width of the FPN, RPN and box head input (torchvision's 256; 128 makes
+    a CPU step about 2.5x cheaper, benchmarks/RESULTS.md). `trainable_levels` of the encoder's
+    five are trained, the ones below frozen (default as torchvision: 3 with ImageNet weights,
+    else all 5). The model normalises its input with the statistics of the encoder's registered
+    ImageNet weights (`image_mean` / `image_std` in `detector_kwargs` override them).
     """
     body = build_encoder(encoder, weights=backbone_weights)
     if freeze_bn if freeze_bn is not None else backbone_weights is not None:
         freeze_batchnorm(body)
+    if trainable_levels is None:
+        trainable_levels = 3 if backbone_weights is not None else 5
+    freeze_levels(body, trainable_levels)
     entry = WEIGHTS.get(encoder)
     normalise = {"image_mean": list(entry.mean), "image_std": list(entry.std)} if entry else {}
     mask_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=roi_size, sampling_ratio=2)
     return _assemble(
-        EncoderFPN(body),
+        EncoderFPN(body, out_channels=fpn_channels),
         weights=weights,
         gamma=gamma,
         num_classes=num_classes,

@@ -1,0 +1,73 @@
+"""The smp peer of the pretrained recipes: smp's `Unet("tu-tf_efficientnet_lite0")` with the
+same ImageNet file segworks uses, trained the way smp's examples do (Adam lr 1e-4, multiclass
+Dice loss, constant learning rate) on segworks' data pipeline, until a CPU-time budget is spent.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+PEER_TITLE = (
+    "smp Unet('tu-tf_efficientnet_lite0') on the same ImageNet weights, trained as smp's examples "
+    "do (Adam 1e-4, Dice loss, constant lr), same images, crops and CPU budget"
+)
+
+
+class PaddedPeer(torch.nn.Module):
+    """smp models need sides divisible by 32: pad (reflect), run, crop; {"out": logits}."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> dict:
+        height, width = x.shape[-2:]
+        pad_h, pad_w = (-height) % 32, (-width) % 32
+        out = self.model(F.pad(x, (0, pad_w, 0, pad_h), mode="reflect"))
+        return {"out": out[..., :height, :width]}
+
+
+def smp_unet_lite0(num_classes: int) -> PaddedPeer:
+    """smp's Unet on EfficientNet-Lite0 with the package's ImageNet weights, loaded strictly."""
+    import segmentation_models_pytorch as smp
+
+    from segworks.models.encoders import lite_to_timm
+    from segworks.models.pretrained import WEIGHTS, weights_file
+    from segworks.models.weights import read_state_dict
+
+    model = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, classes=num_classes)
+    state = read_state_dict(weights_file(WEIGHTS["efficientnet_lite0"]))
+    depths = [len(stage) for stage in model.encoder.model.blocks]
+    state = {k: v for k, v in lite_to_timm(state, depths).items()
+             if not k.startswith(("conv_head.", "bn2.", "classifier."))}  # fmt: skip
+    model.encoder.model.load_state_dict(state)
+    return PaddedPeer(model)
+
+
+def train_peer(cfg, train_set, cpu_seconds: float) -> tuple[PaddedPeer, int, float]:
+    """The peer trained on `train_set` through segworks' train loader of `cfg` (crops,
+    augmentation, batch size; `cfg.workers` must be 0 so loading is counted) until this
+    process has spent `cpu_seconds`; returns it in eval mode, its epochs and CPU minutes."""
+    import segmentation_models_pytorch as smp
+
+    from segworks import IGNORE_INDEX
+    from segworks.engine.distributed import DistInfo
+    from segworks.engine.train import train_loader
+
+    peer = smp_unet_lite0(cfg.num_classes).train()
+    optimizer = torch.optim.Adam(peer.parameters(), lr=1e-4)
+    dice = smp.losses.DiceLoss("multiclass", ignore_index=IGNORE_INDEX)
+    start, epoch = time.process_time(), 0
+    while time.process_time() - start < cpu_seconds:
+        for images, targets in train_loader(cfg, train_set, DistInfo(), epoch):
+            loss = dice(peer(images)["out"], targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if time.process_time() - start >= cpu_seconds:
+                break
+        epoch += 1
+    return peer.eval(), epoch, (time.process_time() - start) / 60
