@@ -201,3 +201,20 @@ def test_mobilenet_v2_fpn_exports_to_onnx_with_the_same_detections(tmp_path):
     first = report["checks"][0]
     assert report["passed"] and first["detections"] > 0 and first["same_labels"]
     assert first["max_abs_masks_diff"] < 1e-3
+
+
+def test_a_frozen_backbone_phase_keeps_the_levels_the_model_froze_itself():
+    from segworks.config import TrainConfig
+    from segworks.engine.optim import set_backbone_mode
+
+    model = build_model("maskrcnn_mobilenet_v2_fpn", num_classes=2, trainable_levels=3, **SMALL)
+    groups = level_modules(model.backbone.body)
+    cfg = TrainConfig(data="unused", freeze_backbone_epochs=1)
+
+    def trains() -> list[bool]:
+        return [any(p.requires_grad for m in g for p in m.parameters()) for g in groups]
+
+    set_backbone_mode(model.train(), cfg, epoch=0)
+    assert trains() == [False] * 5
+    set_backbone_mode(model.train(), cfg, epoch=1)
+    assert trains() == [False, False, True, True, True]

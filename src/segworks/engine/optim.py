@@ -43,10 +43,18 @@ def set_backbone_mode(model: nn.Module, cfg: TrainConfig, epoch: int) -> None:
     if backbone is None:
         return
     frozen = epoch < cfg.freeze_backbone_epochs
-    if cfg.freeze_backbone_epochs > 0:  # else layers a model froze itself stay frozen
-        for parameter in backbone.parameters():
+    if cfg.freeze_backbone_epochs > 0:  # layers the model froze itself stay frozen throughout
+        for parameter in own_trainable(backbone):
             parameter.requires_grad_(not frozen)
     if frozen or cfg.freeze_bn:
         for module in backbone.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
+
+
+def own_trainable(backbone: nn.Module) -> list[nn.Parameter]:
+    """The parameters the model itself trains (as built: before any freezing here), cached on
+    the module at the first call so later calls see the builder's choice, not ours."""
+    if "_own_trainable" not in backbone.__dict__:
+        backbone.__dict__["_own_trainable"] = [p for p in backbone.parameters() if p.requires_grad]
+    return backbone.__dict__["_own_trainable"]

@@ -231,7 +231,9 @@ def build_encoder(
 def level_modules(encoder: nn.Module) -> list[list[nn.Module]]:
     """The modules that compute each of an encoder's five levels, bottom (1/2) first."""
     if isinstance(encoder, ResNetEncoder):
-        return [[encoder.conv1, encoder.bn1]] + [[getattr(encoder, f"layer{i}")] for i in range(1, 5)]
+        return [[encoder.conv1, encoder.bn1]] + [
+            [getattr(encoder, f"layer{i}")] for i in range(1, 5)
+        ]
     if isinstance(encoder, MobileNetV2Encoder):
         starts = (0,) + tuple(cut + 1 for cut in _MOBILENET_CUTS[:-1])
         return [list(encoder.features[a : b + 1]) for a, b in zip(starts, _MOBILENET_CUTS)]
