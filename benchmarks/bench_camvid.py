@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> dict:
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
         budget = args.minutes * (args.threads if args.clock == "cpu" else 1)
         cfg.epochs = epochs_for_budget(cfg, budget, train_images=images, clock=clock)
-        cfg.fit_minutes, cfg.fit_clock = budget, args.clock  # refitted after the first epoch
+        cfg.fit_minutes = cfg.max_minutes = budget  # refitted after epoch 1, stopped at the end
+        cfg.budget_clock = args.clock
         wall, cpu = time.perf_counter(), time.process_time()
         run_dir = train(cfg)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

@@ -130,7 +130,8 @@ def run_recipe(options: dict, seed: int) -> dict:
         budget = options["minutes"] * (options["threads"] if options["clock"] == "cpu" else 1)
         cfg.epochs = epochs_for_budget(cfg, budget, train_images=len(train_samples), clock=clock)
         cfg.warmup = min(cfg.warmup, cfg.epochs * steps_per_epoch(cfg, len(train_samples)) // 4)
-        cfg.fit_minutes, cfg.fit_clock = budget, options["clock"]  # refitted after epoch 1
+        cfg.fit_minutes = cfg.max_minutes = budget  # refitted after epoch 1, stopped at the end
+        cfg.budget_clock = options["clock"]
         wall, cpu = time.perf_counter(), time.process_time()
         run_dir = train(cfg)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

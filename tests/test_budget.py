@@ -25,7 +25,7 @@ def shapes(tmp_path_factory) -> Path:
 def fake_clock(monkeypatch, seconds_per_call: float) -> None:
     """Every reading of the budget clock is `seconds_per_call` later than the one before."""
     ticks = itertools.count()
-    monkeypatch.setattr(engine, "fit_clock", lambda cfg: lambda: seconds_per_call * next(ticks))
+    monkeypatch.setattr(engine, "budget_clock", lambda cfg: lambda: seconds_per_call * next(ticks))
 
 
 def test_budget_epochs_are_whole_epochs_never_fewer_than_done():
@@ -48,13 +48,13 @@ def test_a_fitted_run_has_the_schedule_of_a_run_planned_that_long(shapes, tmp_pa
 
 def test_a_slow_first_epoch_shortens_the_run(shapes, tmp_path, monkeypatch):
     fake_clock(monkeypatch, 40.0)  # 40 s per epoch: 1 minute holds one
-    cfg = tiny_config(shapes, tmp_path / "run", epochs=5, fit_minutes=1.0, fit_clock="cpu")
+    cfg = tiny_config(shapes, tmp_path / "run", epochs=5, fit_minutes=1.0, budget_clock="cpu")
     rows = train_rows(cfg)
     assert len(rows) == 1
     assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["epochs"] == 1
 
 
-@pytest.mark.parametrize("field, value", [("fit_minutes", 0.0), ("fit_clock", "gpu")])
+@pytest.mark.parametrize("field, value", [("fit_minutes", 0.0), ("budget_clock", "gpu")])
 def test_bad_budget_settings_are_refused(shapes, tmp_path, field, value):
     with pytest.raises(SegworksError, match=field):
         tiny_config(shapes, tmp_path, **{field: value}).validate()
@@ -69,3 +69,10 @@ def test_the_cli_refuses_a_budget_below_zero_before_writing(shapes, tmp_path, ca
     assert main(args) == 2
     assert "fit_minutes must be > 0, got -1.0" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_max_minutes_follows_the_budget_clock(shapes, tmp_path, monkeypatch):
+    fake_clock(monkeypatch, 40.0)  # past the 1-minute limit by the end of the first epoch
+    cfg = tiny_config(shapes, tmp_path / "run", epochs=5, max_minutes=1.0, budget_clock="cpu")
+    assert len(train_rows(cfg)) == 1
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["epochs"] == 5

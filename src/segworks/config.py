@@ -73,7 +73,7 @@ class TrainConfig:
     aux_weight: float = 0.4
     max_minutes: float | None = None  # stop (and checkpoint) after this much training time
     fit_minutes: float | None = None  # refit `epochs` after epoch 1 so the run takes this long
-    fit_clock: str = "wall"  # "wall" | "cpu" (this process's CPU time: a shared machine)
+    budget_clock: str = "wall"  # of both limits: "wall" | "cpu" (this process's CPU time)
 
     # 4. augmentation and normalisation
     crop_size: int = 256
@@ -138,7 +138,7 @@ class TrainConfig:
         if self.task is not None:
             _choice("task", self.task, TASKS)
         _choice("class_weights", self.class_weights, ("none", "median"))
-        _choice("fit_clock", self.fit_clock, ("wall", "cpu"))
+        _choice("budget_clock", self.budget_clock, ("wall", "cpu"))
         if self.fit_minutes is not None and not self.fit_minutes > 0:
             raise SegworksError(f"fit_minutes must be > 0, got {self.fit_minutes}")
         for name in ("epochs", "epoch_repeats", "batch_size", "accum_steps", "crop_size"):

@@ -107,8 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--max-minutes", type=float, help="stop after this much training time")
     optim.add_argument("--fit-minutes", type=float, metavar="M",
                        help="refit --epochs after the first epoch so training takes M minutes")  # fmt: skip
-    optim.add_argument("--fit-clock", choices=("wall", "cpu"),
-                       help="--fit-minutes by wall time (default) or this process's CPU time")  # fmt: skip
+    optim.add_argument("--budget-clock", choices=("wall", "cpu"),
+                       help="--max/--fit-minutes by wall time (default) or this process's CPU time")  # fmt: skip
 
     aug = parser.add_argument_group("augmentation")
     aug.add_argument("--crop-size", type=int)

@@ -8,8 +8,9 @@ one, never a number already passed) and the learning-rate schedule is rebuilt fo
 length at the same iteration, so its decay ends when the time does. The refitted `epochs` is
 saved in every checkpoint; a resumed run keeps it and is not refitted again.
 
-`fit_clock` "cpu" counts this process's CPU time (`time.process_time`), which other jobs on a
-shared machine do not inflate; with it, data loading is counted only with `workers=0`.
+`budget_clock` "cpu" counts this process's CPU time (`time.process_time`) for `fit_minutes` and
+`max_minutes` alike, which other jobs on a shared machine do not inflate; with it, data loading
+is counted only with `workers=0`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from segworks.engine import distributed as ddp
 log = logging.getLogger(__name__)
 
 
-def fit_clock(cfg: TrainConfig) -> Callable[[], float]:
-    return time.process_time if cfg.fit_clock == "cpu" else time.monotonic
+def budget_clock(cfg: TrainConfig) -> Callable[[], float]:
+    """The clock of `max_minutes` and `fit_minutes`: wall time, or this process's CPU time."""
+    return time.process_time if cfg.budget_clock == "cpu" else time.monotonic
 
 
 def budget_epochs(budget_minutes: float, epoch_seconds: float, epochs_done: int) -> int:
@@ -45,7 +47,7 @@ def refit_epochs(run: Any, epoch_seconds: float, build_schedule: Callable) -> No
     epochs = budget_epochs(cfg.fit_minutes, seconds, run.epoch)
     if run.info.is_main:
         log.info("first epoch took %.1f s (%s clock): %d epochs fit %.1f minutes (was %d)",
-                 seconds, cfg.fit_clock, epochs, cfg.fit_minutes, cfg.epochs)  # fmt: skip
+                 seconds, cfg.budget_clock, epochs, cfg.fit_minutes, cfg.epochs)  # fmt: skip
     if epochs == cfg.epochs:
         return
     cfg.epochs = epochs

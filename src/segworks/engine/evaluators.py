@@ -22,7 +22,6 @@ validation, `segworks eval`, `segworks demo` and instance runs all call it with 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -103,17 +102,17 @@ def inference_on_dataset(
     *,
     progress: bool = False,
     desc: str = "eval",
-    deadline: float | None = None,
+    stop: Callable[[], bool] | None = None,
     info: ddp.DistInfo | None = None,
 ) -> dict[str, Any]:
     """`evaluator.process(targets, predict(inputs, targets))` for each batch, then
     `evaluator.evaluate()` (after combining the ranks of `info`). Stops early, scoring what it
-    saw, once `time.monotonic()` passes `deadline` (one process only: ranks must agree)."""
+    saw, once `stop()` is true (a time limit; one process only: ranks must agree)."""
     evaluator.reset()
     with torch.no_grad():
         for inputs, targets in tqdm(batches, desc=desc, leave=False, disable=not progress):
             evaluator.process(targets, predict(inputs, targets))
-            if deadline is not None and time.monotonic() >= deadline:
+            if stop is not None and stop():
                 break
     if info is not None:
         evaluator.synchronize(info)

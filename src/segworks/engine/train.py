@@ -51,7 +51,7 @@ from segworks.checkpoint import save_checkpoint
 from segworks.config import TrainConfig
 from segworks.devices import resolve_device
 from segworks.engine import distributed as ddp
-from segworks.engine.budget import fit_clock, refit_epochs
+from segworks.engine.budget import budget_clock, refit_epochs
 from segworks.engine.evaluators import inference_on_dataset
 from segworks.engine.instance import InstanceTask
 from segworks.engine.loaders import train_loader, val_loader
@@ -117,7 +117,7 @@ class Run:
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # BN stats at that boundary
     last_metrics: dict[str, Any] = field(default_factory=dict)
     csv_rows: list[dict[str, Any]] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
+    started: float = 0.0  # budget_clock() when the run was set up
     writer: Any = None
 
     @property
@@ -174,6 +174,7 @@ def setup(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device) -> Run:
         run_dir=Path(cfg.out),
         steps_per_epoch=steps_per_epoch,
         amp_dtype=amp_dtype,
+        started=budget_clock(cfg)(),
     )
     start_run(run)
     return run
@@ -226,7 +227,7 @@ def fit(run: Run) -> None:
              len(run.data.val_set) if run.data.val_set is not None else "no",
              run.steps_per_epoch, cfg.epochs)  # fmt: skip
     try:
-        clock = fit_clock(cfg)
+        clock = budget_clock(cfg)
         while run.epoch < cfg.epochs:
             epoch_start, epoch_clock = time.monotonic(), clock()
             train_loss = train_one_epoch(run)
@@ -346,15 +347,10 @@ def diverged(run: Run, micro: int, value: float) -> TrainingDiverged:
     )
 
 
-def time_limit(run: Run) -> float | None:
-    """The `time.monotonic()` at which --max-minutes runs out (None: no limit)."""
-    limit = run.cfg.max_minutes
-    return None if limit is None else run.started + 60.0 * limit
-
-
 def out_of_time(run: Run) -> bool:
-    limit = time_limit(run)
-    return limit is not None and time.monotonic() >= limit
+    """True once --max-minutes have passed since the run started (by `budget_clock`)."""
+    limit = run.cfg.max_minutes
+    return limit is not None and budget_clock(run.cfg)() >= run.started + 60.0 * limit
 
 
 def validate(run: Run) -> dict[str, Any]:
@@ -372,9 +368,9 @@ def validate(run: Run) -> dict[str, Any]:
             return task.predict(model, inputs, task.targets_to(targets, run.device))
 
     batches = val_loader(run.cfg, run.data.val_set, run.info, collate=task.collate)
-    deadline = None if run.info.enabled else time_limit(run)
+    stop = None if run.info.enabled else (lambda: out_of_time(run))
     metrics = inference_on_dataset(
-        predict, batches, task.evaluator(run.data, run.device), deadline=deadline, info=run.info
+        predict, batches, task.evaluator(run.data, run.device), stop=stop, info=run.info
     )
     model.train(was_training)
     return metrics
