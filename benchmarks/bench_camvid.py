@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_newts import parse_sets, run_overrides, score, score_model
+from benchmarks.common import ratio_line
 from benchmarks.peers import PEER_TITLE, train_peer
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in (json.dumps(row), table(args, row), json.dumps(peer_row)):
         print(line, flush=True)
     print(table(args, peer_row, title=f"peer: {PEER_TITLE}"))
-    print(f"ratio CamVid val mIoU segworks/smp: {row['miou'] / peer_row['miou']:.3f}")
+    ratio = row["miou"] / peer_row["miou"]
+    print(ratio_line("CamVid val mIoU segworks/smp (one seed)", [ratio], rounds="seeds"))
     return 0
 
 
@@ -330,12 +332,14 @@ def run_peer(args: argparse.Namespace) -> dict:
         overrides.update(parse_sets(args.set), workers=0)
         cfg = recipe_config(args.recipe, **overrides)
         budget = 60 * args.minutes * args.threads
+        wall = time.perf_counter()
         peer, epochs, cpu = train_peer(cfg, build_data(cfg).train_set, budget)
+        wall = (time.perf_counter() - wall) / 60
         path = Path(folder) / "peer.pt"
         meta = {**source.meta.to_dict(), "mean": list(cfg.mean), "std": list(cfg.std)}
         save_checkpoint(path, {"peer": True, "meta": meta, "config": {}})
         scores = score_model(peer, path, source.dataset("val"), size=SIZE)
-    return {"seed": args.seed, "epochs": epochs, "train_min": cpu, "cpu_min": cpu,
+    return {"seed": args.seed, "epochs": epochs, "train_min": wall, "cpu_min": cpu,
             "class_names": source.meta.class_names, **scores}  # fmt: skip
 
 

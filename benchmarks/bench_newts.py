@@ -298,14 +298,16 @@ def run_smp(options: dict, seed: int) -> dict:
         overrides["val_split"] = VAL_FRACTION if options["validate"] else 0.0
         cfg = recipe_config(options["recipe"], **overrides)
         budget = 60 * options["minutes"] * options["threads"]
+        wall = time.perf_counter()
         peer, epochs, cpu = train_peer(cfg, build_data(cfg).train_set, budget)
+        wall = (time.perf_counter() - wall) / 60
         train_samples, val_samples = semantic.split_samples(cfg, source.splits)
         test = val_samples if options["validate"] else source.splits["test"]
         path = Path(folder) / "peer.pt"
         meta = {**source.meta.to_dict(), "mean": list(cfg.mean), "std": list(cfg.std)}
         save_checkpoint(path, {"peer": True, "meta": meta, "config": {"long_side": cfg.long_side}})
         scores = score_model(peer, path, source.dataset(test))
-    return {"seed": seed, "epochs": epochs, "train_min": cpu, "cpu_min": cpu, **scores}
+    return {"seed": seed, "epochs": epochs, "train_min": wall, "cpu_min": cpu, **scores}
 
 
 # --------------------------------------------------------------------------- report

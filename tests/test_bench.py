@@ -232,3 +232,21 @@ def test_ratio_line_orders_min_median_max():
     assert bench.RATIO.match(line)
     with pytest.raises(ValueError, match="no values"):
         common.ratio_line("x", [])
+
+
+@pytest.mark.slow
+def test_the_fine_tuning_benchmarks_print_segworks_against_smp(shared_datasets, tmp_path, capsys):
+    """`segworks bench --only newts,camvid` (by name only): both sides and their ratio."""
+    if not (shared_datasets / "newts" / "train").is_dir():
+        pytest.skip("no newts dataset")
+    if not (shared_datasets / "camvid" / "train.txt").is_file():
+        pytest.skip("no CamVid dataset")
+    pytest.importorskip("segmentation_models_pytorch")
+    argv = ["bench", "--quick", "--only", "newts,camvid", "--results", str(tmp_path / "R.md")]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2/2 ran" in out
+    assert "peer: smp Unet('tu-tf_efficientnet_lite0')" in out
+    assert bench.RATIO.search(out[out.index("=== camvid:") :])
+    assert "ratio newts test mIoU segworks/smp" in out
+    assert "ratio CamVid val mIoU segworks/smp" in out

@@ -41,9 +41,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "deeplabv3": ("benchmarks.bench_deeplabv3", "DeepLabV3"),
     "maskrcnn": ("benchmarks.bench_mask_rcnn", "Mask R-CNN"),
     "newts": ("benchmarks.bench_newts", "newts fine-tuning: the small recipe vs smp, same weights"),
+    "camvid": ("benchmarks.bench_camvid", "CamVid fine-tuning: the camvid recipe vs smp"),
 }
-# Asked for by name only (--only newts): three 10-CPU-minute trainings per side.
-OPT_IN = {"newts"}
+# Asked for by name only (--only newts,camvid): 10-CPU-minute trainings per side.
+OPT_IN = {"newts", "camvid"}
 # Flags wanted for a module, by mode; only those its parser accepts are passed.
 QUICK_FLAGS: dict[str, dict[str, str | None]] = {
     "metrics": {
@@ -57,6 +58,7 @@ QUICK_FLAGS: dict[str, dict[str, str | None]] = {
     "maskrcnn": {"--reps": "1"},
     "memory": {"--models": "unet_resnet34"},  # a fresh process per side: one pair is enough
     "newts": {"--peer": "smp", "--seeds": "0", "--minutes": "0.2"},
+    "camvid": {"--peer": "smp", "--minutes": "0.2", "--clock": "cpu", "--jobs": "2"},
 }
 # Full mode: sizes chosen so that the whole run fits in 10 minutes on 2 shared CPU cores (see
 # benchmarks/RESULTS.md); with --device cuda the modules' own (larger) defaults apply instead.
@@ -71,6 +73,7 @@ FULL_FLAGS: dict[str, dict[str, str | None]] = {
     "deeplabv3": {"--size": "128", "--batch": "2", "--repeats": "3", "--warmup": "1"},
     "maskrcnn": {"--size": "224", "--batch": "1", "--reps": "3", "--warmup": "1"},
     "newts": {"--peer": "smp", "--clock": "cpu", "--jobs": "2"},
+    "camvid": {"--peer": "smp", "--clock": "cpu", "--jobs": "2"},
 }
 # Full mode on the CPU: (side, batch) per model for `models` (timing) and `memory`.
 FULL_SHAPES = {
