@@ -6,7 +6,9 @@ steps before training only estimate (a busy machine, data loading and validation
 epoch's measured time: `epochs` becomes the whole epochs the budget holds (never fewer than
 one, never a number already passed) and the learning-rate schedule is rebuilt for the new
 length at the same iteration, so its decay ends when the time does. The refitted `epochs` is
-saved in every checkpoint; a resumed run keeps it and is not refitted again.
+saved in every checkpoint; a resumed run keeps it and is not refitted again. The first epoch
+carries one-off costs (loader start-up, `torch.compile`), so the fit errs on the short side;
+whole epochs mean up to one epoch of a short budget can stay unused.
 
 `budget_clock` "cpu" counts this process's CPU time (`time.process_time`) for `fit_minutes` and
 `max_minutes` alike, which other jobs on a shared machine do not inflate; with it, data loading
