@@ -27,16 +27,23 @@ def open_image(path: Path) -> Image.Image:
     path = Path(path)
     if path.suffix.lower() == ".json":
         return _labelme_image(path)
-    try:
+    with _pil_errors(path, "cannot decode image"):
         image = Image.open(path)
         image.load()  # PIL closes the file it opened once the pixels are loaded
-        return image
+    return image
+
+
+@contextmanager
+def _pil_errors(path: Path, problem: str) -> Iterator[None]:
+    """PIL's errors on `path` as DataErrors: missing file, too many pixels, or `problem`."""
+    try:
+        yield
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except Image.DecompressionBombError:
         raise DataError(path, _too_large()) from None
     except PIL_ERRORS as error:
-        raise DataError(path, f"cannot decode image ({error})") from None
+        raise DataError(path, f"{problem} ({error})") from None
 
 
 def _too_large() -> str:
@@ -66,15 +73,8 @@ def image_size(path: Path) -> tuple[int, int]:
     if path.suffix.lower() == ".json":
         data = read_labelme(path)
         return int(data["imageHeight"]), int(data["imageWidth"])
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except Image.DecompressionBombError:
-        raise DataError(path, _too_large()) from None
-    except PIL_ERRORS as error:
-        raise DataError(path, f"cannot read image header ({error})") from None
+    with _pil_errors(path, "cannot read image header"), Image.open(path) as image:
+        width, height = image.size
     return height, width
 
 

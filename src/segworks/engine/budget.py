@@ -55,10 +55,6 @@ def refit_epochs(run: Any, epoch_seconds: float, build_schedule: Callable) -> No
     cfg.epochs = epochs
     iteration = run.scheduler.last_epoch
     scheduler = build_schedule(cfg, run.optimizer, run.steps_per_epoch)
-    scheduler.last_epoch = iteration
-    scheduler._last_lr = [
-        base * factor(iteration) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)
-    ]
-    for group, lr in zip(run.optimizer.param_groups, scheduler._last_lr):
-        group["lr"] = lr
+    scheduler.last_epoch = iteration - 1
+    scheduler.step()  # the new schedule's learning rate at the same iteration
     run.scheduler = scheduler
