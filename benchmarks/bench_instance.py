@@ -6,7 +6,8 @@
 Each dataset's labelled images are split once with a fixed seed (`--split-seed`, default 0):
 balloon's 61 `train/` images -> 49 train / 12 val (its own val folder is held back for judging
 the project and is never read here), fruits_nuts' 18 images -> 14 train / 4 val. The model
-trains from scratch (no ImageNet weights exist offline) through `segworks train --task
+trains from scratch, or with `--pretrained` from the MobileNetV2 ImageNet encoder (`PRETRAINED`:
+the weights of an installed package, no download), through `segworks train --task
 instance` (segworks.engine.train.train) for `--minutes` of training, then the last
 checkpoint is scored once on the val images at their original resolution with pycocotools'
 COCOeval: box and mask AP, AP50, AP75.
@@ -58,6 +59,14 @@ RECIPE = {
     "roi_size": 14,
     "model_arg": ["anchor_sizes=[32, 64, 128, 256]"],
 }
+# --pretrained: Mask R-CNN on the MobileNetV2 ImageNet encoder (the package weights, no download)
+PRETRAINED = {
+    "model": "maskrcnn_mobilenet_v2_fpn",
+    "pretrained": "mobilenet_v2",
+    "model_arg": ["fpn_channels=128", "box_batch_size_per_image=128"],
+    "lr": 0.005,
+    "clip_grad": 5.0,
+}
 STATS = ("AP", "AP50", "AP75")
 
 log = logging.getLogger("bench_instance")
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    recipe = apply_sets(RECIPE, args.set)
+    recipe = apply_sets(RECIPE | (PRETRAINED if args.pretrained else {}), args.set)
     print(f"recipe {json.dumps(recipe)}")
     if not args.score:
         print(f"{args.minutes} min per dataset by the {args.clock} clock; {args.threads} "
@@ -102,6 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--score", type=Path, metavar="CHECKPOINT",
                         help="no training: score this checkpoint on the val part of the one "
                              "dataset given with --datasets")  # fmt: skip
+    parser.add_argument("--pretrained", action="store_true",
+                        help="fine-tune the MobileNetV2 ImageNet encoder (PRETRAINED)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe entry (JSON value), e.g. --set lr=0.01 or "
                              "--set model.width=32")  # fmt: skip

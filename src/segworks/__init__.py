@@ -7,6 +7,7 @@ imported on first use, so `import segworks` stays light.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 __version__ = "0.1.0"
@@ -26,7 +27,15 @@ _LAZY = {
 __all__ = ["IGNORE_INDEX", "__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'segworks' has no attribute {name!r}")
+def lazy_attributes(package: str, table: dict[str, str]) -> Callable[[str], Any]:
+    """A module `__getattr__` that imports `table[name]` (a module path) on first use."""
+
+    def attribute(name: str) -> Any:
+        if name in table:
+            return getattr(importlib.import_module(table[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return attribute
+
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -57,6 +57,7 @@ class TrainConfig:
 
     # 3. optimisation
     epochs: int = 50
+    max_steps: int | None = None  # stop after N optimizer steps (the last epoch partial)
     epoch_repeats: int = 1  # passes over the train images per epoch (tiny datasets)
     batch_size: int = 8
     lr: float = 1e-3
@@ -139,6 +140,8 @@ class TrainConfig:
             _choice("task", self.task, TASKS)
         _choice("class_weights", self.class_weights, ("none", "median"))
         _choice("budget_clock", self.budget_clock, ("wall", "cpu"))
+        if self.max_steps is not None and int(self.max_steps) < 1:
+            raise SegworksError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.fit_minutes is not None and not self.fit_minutes > 0:
             raise SegworksError(f"fit_minutes must be > 0, got {self.fit_minutes}")
         for name in ("epochs", "epoch_repeats", "batch_size", "accum_steps", "crop_size"):

@@ -36,7 +36,8 @@ DEFAULT_MODEL = {"semantic": "unet", "binary": "unet"}
 SEED_DEFAULTS = {"schedule": "step", "snapshot_every": 10}
 # Flags that may change when resuming; everything else comes from the checkpoint's config.
 RESUME_OVERRIDES = (
-    "epochs", "device", "workers", "progress", "tensorboard", "patience", "max_minutes",
+    "epochs", "max_steps", "device", "workers", "progress", "tensorboard", "patience",
+    "max_minutes",
     "snapshot_every", "out", "amp", "compile",
 )  # fmt: skip
 
@@ -87,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("-e", "--epochs", type=int)
+    optim.add_argument("--max-steps", type=int, metavar="N",
+                       help="stop after N optimizer steps (the last epoch partial); the "
+                       "schedule ends there")  # fmt: skip
     optim.add_argument("--epoch-repeats", type=int, help="passes over the train images per epoch")
     optim.add_argument("-b", "--batch-size", type=int, help="per process")
     optim.add_argument("-l", "--lr", type=float, help="learning rate (Adam's alpha)")
@@ -228,6 +232,8 @@ def _resume_config(resume: str, given: dict[str, Any]) -> TrainConfig:
         log.warning("--resume: using the run's own settings; ignoring --%s",
                     ", --".join(k.replace("_", "-") for k in ignored))  # fmt: skip
     config = dict(saved)
+    if "epochs" in given and "max_steps" not in given:
+        config["max_steps"] = None  # a longer run is not held to the steps of the shorter one
     config.update({k: v for k, v in given.items() if k in RESUME_OVERRIDES})
     config["resume"] = resume
     if "out" not in given:

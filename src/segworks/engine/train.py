@@ -51,7 +51,7 @@ from segworks.checkpoint import save_checkpoint
 from segworks.config import TrainConfig
 from segworks.devices import resolve_device
 from segworks.engine import distributed as ddp
-from segworks.engine.budget import budget_clock, refit_epochs
+from segworks.engine.budget import budget_clock, refit_steps
 from segworks.engine.evaluators import inference_on_dataset
 from segworks.engine.instance import InstanceTask
 from segworks.engine.loaders import train_loader, val_loader
@@ -184,11 +184,16 @@ def build_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     return build_scheduler(
         optimizer,
         cfg.schedule,
-        total_steps=steps_per_epoch * cfg.epochs,
+        total_steps=planned_steps(cfg, steps_per_epoch),
         steps_per_epoch=steps_per_epoch,
         warmup=cfg.warmup,
         milestones=cfg.milestones,
     )
+
+
+def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The run's optimizer steps: `epochs` of `steps_per_epoch`, at most `max_steps`."""
+    return min(steps_per_epoch * cfg.epochs, cfg.max_steps or steps_per_epoch * cfg.epochs)
 
 
 def amp_settings(cfg: TrainConfig, device: torch.device):
@@ -228,14 +233,16 @@ def fit(run: Run) -> None:
              run.steps_per_epoch, cfg.epochs)  # fmt: skip
     try:
         clock = budget_clock(cfg)
-        while run.epoch < cfg.epochs:
+        while run.epoch < cfg.epochs and run.step < planned_steps(cfg, run.steps_per_epoch):
             epoch_start, epoch_clock = time.monotonic(), clock()
             train_loss = train_one_epoch(run)
             run.epoch += 1
             run.batches_done = 0
+            val_clock = clock()
             metrics = validate(run) if run.data.val_set is not None else {}
             if cfg.fit_minutes and run.epoch == 1 and not cfg.resume:
-                refit_epochs(run, clock() - epoch_clock, build_schedule)
+                train_seconds, val_seconds = val_clock - epoch_clock, clock() - val_clock
+                refit_steps(run, train_seconds, val_seconds, build_schedule)
             stop = end_of_epoch(run, train_loss, metrics, time.monotonic() - epoch_start)
             if stop or out_of_time(run):
                 break
@@ -274,9 +281,10 @@ def train_one_epoch(run: Run) -> float:
         skip=run.batches_done,
         collate=run.task.collate,
     )
-    micro_batches = run.steps_per_epoch * accum
+    steps = epoch_steps(run)
+    micro_batches = steps * accum
     bar = tqdm(
-        total=run.steps_per_epoch,
+        total=steps,
         initial=run.batches_done // accum,
         desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
         unit="step",
@@ -335,6 +343,13 @@ def train_one_epoch(run: Run) -> float:
             break
     bar.close()
     return float(loss_sum) / max(1, loss_count)
+
+
+def epoch_steps(run: Run) -> int:
+    """Optimizer steps of the current epoch: all of them, or what `max_steps` leaves."""
+    before = run.step - run.batches_done // run.cfg.accum_steps  # steps of earlier epochs
+    left = planned_steps(run.cfg, run.steps_per_epoch) - before
+    return max(1, min(run.steps_per_epoch, left))
 
 
 def diverged(run: Run, micro: int, value: float) -> TrainingDiverged:

@@ -9,8 +9,7 @@ The names below are imported on first use, so that the torch-free modules of thi
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from segworks import lazy_attributes
 
 _LAZY = {
     "MODES": "segworks.inference.predictor",
@@ -32,7 +31,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'segworks.inference' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

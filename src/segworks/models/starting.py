@@ -74,7 +74,7 @@ def _foreign_choice(path: Path, model: str, model_kwargs: dict | None) -> Choice
     kind = detect_foreign_format(path)
     if kind is None:
         return None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    digest = file_digest(path)[:8]
     encoder = model_encoder(model, model_kwargs)
     for target, part in ((model, "model"), (encoder, "encoder")):
         if target is None:
@@ -96,6 +96,15 @@ def _foreign_choice(path: Path, model: str, model_kwargs: dict | None) -> Choice
                     cached, checkpoint.get("meta", {}).get("channel_order", "rgb").upper())  # fmt: skip
         return Choice(part, cached)
     raise SegworksError(f"{path}: a {kind} file that fits neither {model} nor its encoder ({last})")
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file read in 1 MiB pieces (weight files run to hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _check_fits(entry: PretrainedWeights, model: str, model_kwargs: dict | None) -> None:
