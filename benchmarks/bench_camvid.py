@@ -116,6 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from segworks.checkpoint import load_checkpoint
     from segworks.data import open_source
     from segworks.engine.train import train
     from segworks.recipes import epochs_for_budget, recipe_config
@@ -140,9 +141,10 @@ def run(args: argparse.Namespace) -> dict:
         run_dir = train(cfg)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         scores = score(run_dir / "last.pt", source.dataset("val"), size=SIZE)
+        steps = load_checkpoint(run_dir / "last.pt")["step"]
     names = source.meta.class_names
-    return {"seed": args.seed, "epochs": cfg.epochs, "train_min": wall / 60, "cpu_min": cpu / 60,
-            "class_names": names, **scores}  # fmt: skip
+    return {"seed": args.seed, "epochs": cfg.epochs, "steps": steps, "train_min": wall / 60,
+            "cpu_min": cpu / 60, "class_names": names, **scores}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- --models
@@ -344,12 +346,14 @@ def run_peer(args: argparse.Namespace) -> dict:
 
 
 def table(args: argparse.Namespace, row: dict, title: str | None = None) -> str:
+    steps = f" ({row['steps']} steps)" if "steps" in row else ""
     lines = [
         title
         or f"CamVid train -> val, recipe '{args.recipe}' {' '.join(args.set)}, input 180x240, "
         f"scored at 360x480",
         f"budget {args.minutes} min ({args.clock} clock, {args.threads} threads): "
-        f"{row['epochs']} epochs, {row['train_min']:.1f} min wall, {row['cpu_min']:.1f} min CPU",
+        f"{row['epochs']} epochs{steps}, "
+        f"{row['train_min']:.1f} min wall, {row['cpu_min']:.1f} min CPU",
         f"val mIoU {row['miou']:.4f}   (flip TTA {row['miou_flip']:.4f})",
         "IoU per class:",
     ]

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    recipe = apply_sets(RECIPE | (PRETRAINED if args.pretrained else {}), args.set)
+    recipe = recipe_for(args)
     print(f"recipe {json.dumps(recipe)}")
     if not args.score:
         print(f"{args.minutes} min per dataset by the {args.clock} clock; {args.threads} "
@@ -134,6 +134,11 @@ def split_indices(count: int, val_count: int, *, seed: int = 0) -> tuple[list[in
         )
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[val_count:]), sorted(order[:val_count])
+
+
+def recipe_for(args: argparse.Namespace) -> dict:
+    """RECIPE, with PRETRAINED's entries under --pretrained, then the --set overrides."""
+    return apply_sets(RECIPE | (PRETRAINED if args.pretrained else {}), args.set)
 
 
 def apply_sets(recipe: dict, items: list[str]) -> dict:

@@ -64,6 +64,16 @@ def test_apply_sets_rejects_malformed_items(item):
         apply_sets({}, [item])
 
 
+def test_pretrained_swaps_in_the_encoder_recipe_and_sets_still_win():
+    plain = bench.recipe_for(bench.parse_args([]))
+    args = bench.parse_args(["--pretrained", "--set", "lr=0.01"])
+    recipe = bench.recipe_for(args)
+    assert plain["model"] == "maskrcnn_tiny" and "pretrained" not in plain
+    assert (recipe["model"], recipe["pretrained"]) == ("maskrcnn_mobilenet_v2_fpn", "mobilenet_v2")
+    assert recipe["lr"] == 0.01 and recipe["min_size"] == plain["min_size"]
+    assert "fpn_channels=128" in recipe["model_arg"]
+
+
 def test_resized_size_matches_the_dataset_rule():
     assert resized_size(1536, 2048, 384, 640) == (384, 512)
     assert resized_size(600, 2000, 384, 640) == (192, 640)  # the long side limits
