@@ -37,8 +37,7 @@ SEED_DEFAULTS = {"schedule": "step", "snapshot_every": 10}
 # Flags that may change when resuming; everything else comes from the checkpoint's config.
 RESUME_OVERRIDES = (
     "epochs", "max_steps", "device", "workers", "progress", "tensorboard", "patience",
-    "max_minutes",
-    "snapshot_every", "out", "amp", "compile",
+    "max_minutes", "snapshot_every", "out", "amp", "compile",
 )  # fmt: skip
 
 
