@@ -334,9 +334,7 @@ def run_peer(args: argparse.Namespace) -> dict:
         overrides.update(parse_sets(args.set), workers=0)
         cfg = recipe_config(args.recipe, **overrides)
         budget = 60 * args.minutes * args.threads
-        wall = time.perf_counter()
-        peer, epochs, cpu = train_peer(cfg, build_data(cfg).train_set, budget)
-        wall = (time.perf_counter() - wall) / 60
+        peer, epochs, cpu, wall = train_peer(cfg, build_data(cfg).train_set, budget)
         path = Path(folder) / "peer.pt"
         meta = {**source.meta.to_dict(), "mean": list(cfg.mean), "std": list(cfg.std)}
         save_checkpoint(path, {"peer": True, "meta": meta, "config": {}})

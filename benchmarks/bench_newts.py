@@ -298,9 +298,7 @@ def run_smp(options: dict, seed: int) -> dict:
         overrides["val_split"] = VAL_FRACTION if options["validate"] else 0.0
         cfg = recipe_config(options["recipe"], **overrides)
         budget = 60 * options["minutes"] * options["threads"]
-        wall = time.perf_counter()
-        peer, epochs, cpu = train_peer(cfg, build_data(cfg).train_set, budget)
-        wall = (time.perf_counter() - wall) / 60
+        peer, epochs, cpu, wall = train_peer(cfg, build_data(cfg).train_set, budget)
         train_samples, val_samples = semantic.split_samples(cfg, source.splits)
         test = val_samples if options["validate"] else source.splits["test"]
         path = Path(folder) / "peer.pt"

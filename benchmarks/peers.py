@@ -47,16 +47,17 @@ def smp_unet_lite0(num_classes: int) -> PaddedPeer:
     return PaddedPeer(model)
 
 
-def train_peer(cfg, train_set, cpu_seconds: float) -> tuple[PaddedPeer, int, float]:
+def train_peer(cfg, train_set, cpu_seconds: float) -> tuple[PaddedPeer, int, float, float]:
     """The peer trained on `train_set` through segworks' train loader of `cfg` (crops,
     augmentation, batch size; `cfg.workers` must be 0 so loading is counted) until this
-    process has spent `cpu_seconds`; returns it in eval mode, its epochs and CPU minutes."""
+    process has spent `cpu_seconds`; returns it in eval mode, its epochs, CPU and wall minutes."""
     import segmentation_models_pytorch as smp
 
     from segworks import IGNORE_INDEX
     from segworks.engine.distributed import DistInfo
     from segworks.engine.train import train_loader
 
+    wall = time.perf_counter()
     peer = smp_unet_lite0(cfg.num_classes).train()
     optimizer = torch.optim.Adam(peer.parameters(), lr=1e-4)
     dice = smp.losses.DiceLoss("multiclass", ignore_index=IGNORE_INDEX)
@@ -70,4 +71,8 @@ def train_peer(cfg, train_set, cpu_seconds: float) -> tuple[PaddedPeer, int, flo
             if time.process_time() - start >= cpu_seconds:
                 break
         epoch += 1
-    return peer.eval(), epoch, (time.process_time() - start) / 60
+    cpu_minutes, wall_minutes = (
+        (time.process_time() - start) / 60,
+        (time.perf_counter() - wall) / 60,
+    )
+    return peer.eval(), epoch, cpu_minutes, wall_minutes
