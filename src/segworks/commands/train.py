@@ -109,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--aux-weight", type=float)
     optim.add_argument("--max-minutes", type=float, help="stop after this much training time")
     optim.add_argument("--fit-minutes", type=float, metavar="M",
-                       help="refit --epochs after the first epoch so training takes M minutes")  # fmt: skip
+                       help="refit --epochs (and --max-steps) after the first epoch so training "
+                       "takes M minutes")  # fmt: skip
     optim.add_argument("--budget-clock", choices=("wall", "cpu"),
                        help="--max/--fit-minutes by wall time (default) or this process's CPU time")  # fmt: skip
 
