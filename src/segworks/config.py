@@ -72,6 +72,7 @@ class TrainConfig:
     loss: str = "ce"
     class_weights: str = "none"  # "none" | "median" (median-frequency balancing)
     aux_weight: float = 0.4
+    ema_decay: float = 0.0  # > 0: validate, save and predict with an EMA of the weights
     max_minutes: float | None = None  # stop (and checkpoint) after this much training time
     fit_minutes: float | None = None  # refit `epochs` after epoch 1 so the run takes this long
     budget_clock: str = "wall"  # of both limits: "wall" | "cpu" (this process's CPU time)
@@ -149,6 +150,8 @@ class TrainConfig:
                 raise SegworksError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise SegworksError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise SegworksError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if not 0.0 <= self.val_split < 1.0:
             raise SegworksError(f"val_split must be a fraction in [0, 1), got {self.val_split}")
         if self.long_side is not None and self.long_side < 8:

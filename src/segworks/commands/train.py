@@ -107,6 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--loss", choices=LOSSES)
     optim.add_argument("--class-weights", choices=("none", "median"))
     optim.add_argument("--aux-weight", type=float)
+    optim.add_argument("--ema-decay", type=float, metavar="D",
+                       help="validate, save and predict with a moving average of the weights "
+                       "(decay D, e.g. 0.99; 0 = off)")  # fmt: skip
     optim.add_argument("--max-minutes", type=float, help="stop after this much training time")
     optim.add_argument("--fit-minutes", type=float, metavar="M",
                        help="refit --epochs (and --max-steps) after the first epoch so training "

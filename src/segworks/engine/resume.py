@@ -2,8 +2,10 @@
 
 `checkpoint_dict` is the layout of `segworks.checkpoint` plus the state a resumed run needs
 (optimizer, scheduler, AMP scaler, epoch, step, position in the epoch, every rank's RNG state,
-best score, early-stopping counter); `slim_checkpoint` is what prediction needs (best.pt). The
-layout is the same for every task: the task adapter gives the model kwargs and the meta.
+best score, early-stopping counter); `slim_checkpoint` is what prediction needs (best.pt). With
+`ema_decay` "model" holds the averaged weights (validated and predicted with) and "train_model"
+the trained ones. The layout is the same for every task: the task adapter gives the model
+kwargs and the meta.
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESUME_ONLY_KEYS = ("optimizer", "scheduler", "scaler", "rng", "batches_done", "bad_epochs")
+RESUME_ONLY_KEYS = ("train_model", "optimizer", "scheduler", "scaler", "rng", "batches_done",
+                    "bad_epochs")  # fmt: skip
 
 
 def checkpoint_dict(run: Run, rng: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint layout of `segworks.checkpoint` plus the state needed to resume."""
     cfg = run.cfg
-    return {
-        "model": run.bare.state_dict(),
+    checkpoint = {
+        "model": (run.bare if run.ema is None else run.ema).state_dict(),
         "model_name": cfg.model,
         "model_kwargs": model_kwargs_for_checkpoint(run.task.model_kwargs(cfg, run.data)),
         "meta": run.task.checkpoint_meta(cfg, run.data),
@@ -54,6 +57,9 @@ def checkpoint_dict(run: Run, rng: dict[str, Any]) -> dict[str, Any]:
         "world_size": run.info.world_size,
         "segworks_version": segworks.__version__,
     }
+    if run.ema is not None:  # "model" is the average (what predicts); these weights train on
+        checkpoint["train_model"] = run.bare.state_dict()
+    return checkpoint
 
 
 def slim_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +92,9 @@ def restore(run: Run, path: str | Path) -> None:
             raise SegworksError(
                 f"--resume {path}: not a resumable segworks checkpoint (no {key!r})"
             )
-    run.bare.load_state_dict(checkpoint["model"])
+    run.bare.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))
+    if run.ema is not None:
+        run.ema.load_state_dict(checkpoint["model"])
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     if checkpoint.get("scaler"):

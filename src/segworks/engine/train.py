@@ -23,6 +23,9 @@ uninterrupted one, wherever it was stopped and with any number of loader workers
 `max_minutes` bounds training and validation together: validation stops at the limit (scoring
 the images it saw) and the run ends after that epoch's checkpoint.
 
+With `ema_decay` > 0 a moving average of the weights (`segworks.engine.ema`) is validated, picks
+best.pt and is the checkpoints' "model"; the trained weights travel in last.pt for resuming.
+
 A NaN or infinite loss raises `TrainingDiverged` (the CLI exits with code 1) before the bad step
 is applied, so `last.pt` is still the last good checkpoint.
 
@@ -52,6 +55,7 @@ from segworks.config import TrainConfig
 from segworks.devices import resolve_device
 from segworks.engine import distributed as ddp
 from segworks.engine.budget import budget_clock, refit_steps
+from segworks.engine.ema import ema_copy, ema_update
 from segworks.engine.evaluators import inference_on_dataset
 from segworks.engine.instance import InstanceTask
 from segworks.engine.loaders import train_loader, val_loader
@@ -119,6 +123,7 @@ class Run:
     csv_rows: list[dict[str, Any]] = field(default_factory=list)
     started: float = 0.0  # budget_clock() when the run was set up
     writer: Any = None
+    ema: nn.Module | None = None  # the moving average of the weights (cfg.ema_decay > 0)
 
     @property
     def bare(self) -> nn.Module:
@@ -175,6 +180,7 @@ def setup(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device) -> Run:
         steps_per_epoch=steps_per_epoch,
         amp_dtype=amp_dtype,
         started=budget_clock(cfg)(),
+        ema=ema_copy(model) if cfg.ema_decay else None,  # copied after DDP synced the ranks
     )
     start_run(run)
     return run
@@ -252,7 +258,7 @@ def fit(run: Run) -> None:
             # no collective here: the other ranks may be anywhere; they restart from rank 0's RNG
             checkpoint = checkpoint_dict(run, {"ranks": [run.rng]})
             # a forward pass of the unfinished step may have moved BatchNorm statistics
-            checkpoint["model"].update(run.buffers)
+            checkpoint["model" if run.ema is None else "train_model"].update(run.buffers)
             save_checkpoint(path, checkpoint)
             log.warning(
                 "interrupted at step %d (epoch %d); saved %s. Resume with: "
@@ -327,6 +333,8 @@ def train_one_epoch(run: Run) -> float:
         optimizer.zero_grad(set_to_none=True)
         run.scheduler.step()
         run.step += 1
+        if run.ema is not None:
+            ema_update(run.ema, run.bare, cfg.ema_decay, run.step)
         run.batches_done = micro + 1
         run.rng = rng_state(run.info)
         run.buffers = buffer_snapshot(run.bare)
@@ -370,8 +378,9 @@ def out_of_time(run: Run) -> bool:
 
 def validate(run: Run) -> dict[str, Any]:
     """The task's evaluator over this rank's share of the val split, combined over ranks; on
-    one process it stops at the --max-minutes limit (scoring the images it saw)."""
-    model, task = run.bare, run.task
+    one process it stops at the --max-minutes limit (scoring the images it saw). With
+    `ema_decay` the moving average is what is scored."""
+    model, task = (run.bare if run.ema is None else run.ema), run.task
     was_training = model.training
     model.eval()
 
