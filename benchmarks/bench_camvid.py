@@ -116,7 +116,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from segworks.checkpoint import load_checkpoint
     from segworks.data import open_source
     from segworks.engine.train import train
     from segworks.recipes import epochs_for_budget, recipe_config
@@ -141,9 +140,8 @@ def run(args: argparse.Namespace) -> dict:
         run_dir = train(cfg)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         scores = score(run_dir / "last.pt", source.dataset("val"), size=SIZE)
-        steps = load_checkpoint(run_dir / "last.pt")["step"]
     names = source.meta.class_names
-    return {"seed": args.seed, "epochs": cfg.epochs, "steps": steps, "train_min": wall / 60,
+    return {"seed": args.seed, "epochs": cfg.epochs, "steps": scores["step"], "train_min": wall / 60,
             "cpu_min": cpu / 60, "class_names": names, **scores}  # fmt: skip
 
 
@@ -321,7 +319,6 @@ def models_table(args: argparse.Namespace, rows: list[dict]) -> str:
 
 def run_peer(args: argparse.Namespace) -> dict:
     """smp's Unet (benchmarks.peers) on the recipe's data pipeline for the same CPU budget."""
-    from segworks.checkpoint import save_checkpoint
     from segworks.data import open_source
     from segworks.engine.train import build_data
     from segworks.recipes import recipe_config
@@ -335,10 +332,8 @@ def run_peer(args: argparse.Namespace) -> dict:
         cfg = recipe_config(args.recipe, **overrides)
         budget = 60 * args.minutes * args.threads
         peer, epochs, cpu, wall = train_peer(cfg, build_data(cfg).train_set, budget)
-        path = Path(folder) / "peer.pt"
         meta = {**source.meta.to_dict(), "mean": list(cfg.mean), "std": list(cfg.std)}
-        save_checkpoint(path, {"peer": True, "meta": meta, "config": {}})
-        scores = score_model(peer, path, source.dataset("val"), size=SIZE)
+        scores = score_model(peer, {"meta": meta, "config": {}}, source.dataset("val"), size=SIZE)
     return {"seed": args.seed, "epochs": epochs, "train_min": wall, "cpu_min": cpu,
             "class_names": source.meta.class_names, **scores}  # fmt: skip
 

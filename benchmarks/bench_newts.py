@@ -190,21 +190,21 @@ def parse_sets(items: list[str]) -> dict:
 
 def score(checkpoint: Path, dataset, size: tuple[int, int] | None = None) -> dict:
     """mIoU and per-class IoU at the original resolution, from the checkpoint alone (at the
-    training run's long side, if it had one), plain and with flip TTA (`miou_flip`)."""
+    training run's long side, if it had one), plain and with flip TTA (`miou_flip`), and the
+    optimizer steps the run took (`step`)."""
     from segworks.checkpoint import load_checkpoint
     from segworks.models import model_from_checkpoint
 
     saved = load_checkpoint(checkpoint)
-    return score_model(model_from_checkpoint(saved, checkpoint).eval(), checkpoint, dataset, size)
+    model = model_from_checkpoint(saved, checkpoint).eval()
+    return score_model(model, saved, dataset, size) | {"step": saved.get("step")}
 
 
-def score_model(model, checkpoint: Path, dataset, size: tuple[int, int] | None = None) -> dict:
-    """`score` of a model given apart from its checkpoint (which holds meta and config)."""
-    from segworks.checkpoint import load_checkpoint
+def score_model(model, saved: dict, dataset, size: tuple[int, int] | None = None) -> dict:
+    """`score` of a model given apart from its checkpoint's meta and config (`saved`)."""
     from segworks.engine.evaluate import evaluate
     from segworks.inference import InferenceOptions
 
-    saved = load_checkpoint(checkpoint)
     meta = saved["meta"]
     long_side = (saved.get("config") or {}).get("long_side")
     runs = {
@@ -283,7 +283,6 @@ def run_smp(options: dict, seed: int) -> dict:
     """smp's Unet with segworks' EfficientNet-Lite0 ImageNet file, the recipe's data pipeline,
     and smp's example training loop (Adam 1e-4, multiclass Dice loss), until the CPU budget."""
     import segworks.engine.semantic as semantic
-    from segworks.checkpoint import save_checkpoint
     from segworks.data import open_source
     from segworks.engine.train import build_data
     from segworks.recipes import recipe_config
@@ -301,10 +300,9 @@ def run_smp(options: dict, seed: int) -> dict:
         peer, epochs, cpu, wall = train_peer(cfg, build_data(cfg).train_set, budget)
         train_samples, val_samples = semantic.split_samples(cfg, source.splits)
         test = val_samples if options["validate"] else source.splits["test"]
-        path = Path(folder) / "peer.pt"
         meta = {**source.meta.to_dict(), "mean": list(cfg.mean), "std": list(cfg.std)}
-        save_checkpoint(path, {"peer": True, "meta": meta, "config": {"long_side": cfg.long_side}})
-        scores = score_model(peer, path, source.dataset(test))
+        saved = {"meta": meta, "config": {"long_side": cfg.long_side}}
+        scores = score_model(peer, saved, source.dataset(test))
     return {"seed": seed, "epochs": epochs, "train_min": wall, "cpu_min": cpu, **scores}
 
 
