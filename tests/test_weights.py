@@ -127,3 +127,20 @@ def test_resnet_backbone_weights_load_torchvision_imagenet_files(tmp_path):
     assert torch.allclose(gray.conv1.weight[:, 0], reference.conv1.weight.mean(1))
     with pytest.raises(DataError, match="80 missing keys: layer1.2.conv1.weight"):
         resnet_encoder(name="resnet34", weights=tmp_path / "resnet18-f37072fd.pth")
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy-pickle"])
+def test_whole_model_or_encoder_file_is_told_by_its_keys_in_either_format(tmp_path, zip_format):
+    """The probe memory-maps a zip file's tensors; the legacy pickle format is read whole."""
+    from segworks.models.weights import looks_like_whole_model, read_state_dict
+
+    model = small_deeplab()
+    whole, encoder = tmp_path / "whole.pt", tmp_path / "encoder.pt"
+    backbone = torchvision.models.resnet18().state_dict()  # an ImageNet file's keys
+    torch.save(model.state_dict(), whole, _use_new_zipfile_serialization=zip_format)
+    torch.save(backbone, encoder, _use_new_zipfile_serialization=zip_format)
+    assert looks_like_whole_model(model, whole)
+    assert not looks_like_whole_model(model, encoder)
+    mapped = read_state_dict(whole, mmap=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(mapped[key], value), key

@@ -28,28 +28,30 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
         torch.save(checkpoint, tmp)
 
 
-def read_torch_file(path: str | Path, kind: str = "checkpoint") -> Any:
+def read_torch_file(path: str | Path, kind: str = "checkpoint", *, mmap: bool = False) -> Any:
     """What `torch.save` wrote to `path`, loaded on the CPU with `weights_only=True`; a missing
-    or unreadable file is a DataError naming the `kind` of file ("checkpoint", "weights")."""
+    or unreadable file is a DataError naming the `kind` of file ("checkpoint", "weights").
+    `mmap`: tensors of a zip-format file are memory-mapped, not read (to look at the keys)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, f"{kind} file not found")
-    if not _looks_like_torch_file(path):
+    head = _head(path)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
         raise DataError(path, f"not a {kind} file (torch.save writes a zip or pickle file)")
+    mmap = mmap and head.startswith(b"PK")  # the legacy pickle format cannot be mapped
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises many types for a bad file
         raise DataError(path, _load_problem(kind, error)) from error
 
 
-def _looks_like_torch_file(path: Path) -> bool:
-    """torch.save writes a zip archive (PK) or, in the legacy format, a pickle (0x80)."""
+def _head(path: Path) -> bytes:
+    """The first 4 bytes: torch.save writes a zip archive (PK) or a legacy pickle (0x80)."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(4)
+            return handle.read(4)
     except OSError as error:
         raise DataError(path, f"cannot read the file ({error.strerror or error})") from None
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def _load_problem(kind: str, error: Exception) -> str:

@@ -41,9 +41,10 @@ logger = logging.getLogger(__name__)
 _SHOWN = 5  # keys listed per kind of problem in an error message
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The state dict in `path`: a segworks checkpoint's "model" entry or a raw state dict."""
-    loaded = read_torch_file(path, "weights")
+def read_state_dict(path: str | Path, *, mmap: bool = False) -> dict[str, Tensor]:
+    """The state dict in `path`: a segworks checkpoint's "model" entry or a raw state dict
+    (`mmap`: tensors memory-mapped rather than read, as `read_torch_file`)."""
+    loaded = read_torch_file(path, "weights", mmap=mmap)
     if not isinstance(loaded, dict):
         raise DataError(path, f"expected a state dict, got {type(loaded).__name__}")
     state = loaded["model"] if isinstance(loaded.get("model"), dict) else loaded
@@ -136,8 +137,8 @@ def classifier_names(model: nn.Module) -> tuple[str, ...]:
 
 def looks_like_whole_model(model: nn.Module, path: str | Path) -> bool:
     """True when most of the file's keys are `model`'s own (whole-model weights rather than an
-    encoder's ImageNet file)."""
-    state = read_state_dict(path)
+    encoder's ImageNet file). Only the keys are needed: the tensors are mapped, not read."""
+    state = read_state_dict(path, mmap=True)
     own = set(model.state_dict())
     return bool(state) and sum(key in own for key in state) >= 0.9 * len(state)
 
