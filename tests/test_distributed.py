@@ -76,10 +76,8 @@ def full_run(shapes, tmp_path_factory) -> Path:
     return out
 
 
-def test_ddp_validation_metrics_equal_a_single_process(shapes, full_run):
-    checkpoint = load_checkpoint(full_run / "last.pt")
-    assert checkpoint["world_size"] == WORLD
-    assert checkpoint["step"] == 2 * 3  # 12 images / 2 ranks / batch 2 = 3 steps per epoch
+def single_process_metrics(checkpoint: dict) -> dict:
+    """The val metrics of the checkpoint's weights, evaluated by one process."""
     cfg = TrainConfig.from_dict(checkpoint["config"])
     model = model_from_checkpoint(checkpoint)
     source = open_source(cfg.data)
@@ -90,7 +88,14 @@ def test_ddp_validation_metrics_equal_a_single_process(shapes, full_run):
         for index in range(len(dataset)):
             image, target = dataset[index]
             matrix.update(predict_labels(model(image[None])["out"])[0], target)
-    single = matrix.compute()
+    return matrix.compute()
+
+
+def test_ddp_validation_metrics_equal_a_single_process(shapes, full_run):
+    checkpoint = load_checkpoint(full_run / "last.pt")
+    assert checkpoint["world_size"] == WORLD
+    assert checkpoint["step"] == 2 * 3  # 12 images / 2 ranks / batch 2 = 3 steps per epoch
+    single = single_process_metrics(checkpoint)
     gathered = checkpoint["metrics"]
     assert gathered["num_pixels"] == single["num_pixels"] == 5 * 32 * 32
     for key in ("pixel_accuracy", "miou", "mean_dice", "fwiou"):
@@ -107,3 +112,15 @@ def test_resumed_ddp_run_continues_bit_identically(shapes, full_run, tmp_path):
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
     assert len(b["rng"]["ranks"]) == WORLD
+
+
+def test_ddp_run_with_the_weight_average_validates_the_saved_average(shapes, tmp_path):
+    """Every rank's average starts from the weights DDP synchronised, so the gathered metrics
+    are those of the one average rank 0 saves."""
+    out = tmp_path / "ema"
+    launch(ddp_config(shapes, out, ema_decay=0.9))
+    checkpoint = load_checkpoint(out / "last.pt")
+    assert any(
+        not torch.equal(v, checkpoint["train_model"][k]) for k, v in checkpoint["model"].items()
+    )
+    assert checkpoint["metrics"]["miou"] == single_process_metrics(checkpoint)["miou"]
