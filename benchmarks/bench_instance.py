@@ -10,7 +10,9 @@ trains from scratch, or with `--pretrained` from the MobileNetV2 ImageNet encode
 the weights of an installed package, no download), through `segworks train --task
 instance` (segworks.engine.train.train) for `--minutes` of training, then the last
 checkpoint is scored once on the val images at their original resolution with pycocotools'
-COCOeval: box and mask AP, AP50, AP75.
+COCOeval: box and mask AP, AP50, AP75. `--validate` chooses settings without the val images:
+the train part is split again the same way (balloon: 37 train / 12 held out) and the held-out
+train images are scored.
 
 The budget: one calibration epoch is trained and timed first (not counted), then the run gets
 as many whole epochs as fit `--minutes`, refitted from its own first epoch (`fit_minutes`: a
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"recipe {json.dumps(recipe)}")
     if not args.score:
         print(f"{args.minutes} min per dataset by the {args.clock} clock; {args.threads} "
-              f"thread(s); split seed {args.split_seed}, training seed {args.seed}")  # fmt: skip
+              f"thread(s); split seed {args.split_seed}, training seed {args.seed}"
+              + ("; validation: train images held out, val not read" if args.validate else ""))  # fmt: skip
     if args.score and len(args.datasets) != 1:
         raise ValueError(f"--score needs exactly one dataset in --datasets, got {args.datasets}")
     rows = []
@@ -108,6 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
     parser.add_argument("--keep", type=Path, help="keep the run folders under this folder")
+    parser.add_argument("--validate", action="store_true",
+                        help="choose settings: train on the train part less as many images as "
+                        "val holds, score those; the val images are not read")  # fmt: skip
     parser.add_argument("--score", type=Path, metavar="CHECKPOINT",
                         help="no training: score this checkpoint on the val part of the one "
                              "dataset given with --datasets")  # fmt: skip
@@ -134,6 +140,19 @@ def split_indices(count: int, val_count: int, *, seed: int = 0) -> tuple[list[in
         )
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[val_count:]), sorted(order[:val_count])
+
+
+def bench_split(
+    count: int, val_count: int, *, seed: int = 0, validate: bool = False
+) -> tuple[list[int], list[int]]:
+    """(train, scored) indices: the fixed split of `split_indices`, or with `validate` its train
+    part split again the same way (`val_count` of it held out and scored), so that settings are
+    chosen without ever reading the val images."""
+    train, val = split_indices(count, val_count, seed=seed)
+    if not validate:
+        return train, val
+    inner_train, inner_val = split_indices(len(train), val_count, seed=seed)
+    return [train[i] for i in inner_train], [train[i] for i in inner_val]
 
 
 def recipe_for(args: argparse.Namespace) -> dict:
@@ -242,7 +261,8 @@ def run_dataset(name: str, source: Path, val_count: int, recipe: dict, args) -> 
     from segworks.data.instances import read_instances
 
     instance_set = read_instances(source)
-    train_idx, val_idx = split_indices(len(instance_set.records), val_count, seed=args.split_seed)
+    train_idx, val_idx = bench_split(len(instance_set.records), val_count, seed=args.split_seed,
+                                     validate=args.validate)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix=f"bench_instance_{name}_") as folder:
         work = Path(folder)
         if args.keep:
@@ -287,14 +307,16 @@ def train_instance(settings: dict) -> None:
 
 
 def score_checkpoint(name: str, source: Path, val_count: int, checkpoint: Path, args) -> dict:
-    """COCO box and mask AP of `checkpoint` on the val part, at the original resolution."""
+    """COCO box and mask AP of `checkpoint` on the val part (with --validate the held-out
+    train images), at the original resolution."""
     from segworks.checkpoint import load_checkpoint
     from segworks.data.instances import InstanceDataset, read_instances
     from segworks.engine.instance import evaluate_model
     from segworks.models import model_from_checkpoint
 
     instance_set = read_instances(source)
-    train_idx, val_idx = split_indices(len(instance_set.records), val_count, seed=args.split_seed)
+    train_idx, val_idx = bench_split(len(instance_set.records), val_count, seed=args.split_seed,
+                                     validate=args.validate)  # fmt: skip
     saved = load_checkpoint(checkpoint)
     model = model_from_checkpoint(saved, checkpoint)
     val = InstanceDataset(instance_set, val_idx, min_size=None)  # original resolution

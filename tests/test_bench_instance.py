@@ -42,6 +42,14 @@ def test_split_depends_on_the_seed_not_on_global_state():
     assert split_indices(18, 4, seed=1) != first  # a control: the seed does change the split
 
 
+def test_validation_split_holds_out_train_images_only():
+    train, val = bench.bench_split(61, 12, seed=0)
+    assert (train, val) == split_indices(61, 12, seed=0)
+    inner_train, held_out = bench.bench_split(61, 12, seed=0, validate=True)
+    assert len(inner_train) == 37 and len(held_out) == 12
+    assert sorted(inner_train + held_out) == train  # the val images are never among them
+
+
 @pytest.mark.parametrize("count, val_count", [(1, 1), (10, 0), (10, 10), (5, -1)])
 def test_split_rejects_impossible_sizes(count, val_count):
     with pytest.raises(ValueError, match="must be"):
