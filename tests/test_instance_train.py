@@ -119,6 +119,15 @@ def test_resume_after_interrupt_matches_the_uninterrupted_run(trained, tmp_path,
         assert torch.equal(resumed["model"][key], value), key
 
 
+def test_an_instance_run_validates_and_saves_the_weight_average(data, tmp_path):
+    _, ann = data
+    train(_config(ann, tmp_path / "ema", epochs=2, ema_decay=0.9))
+    last = load_checkpoint(tmp_path / "ema" / "last.pt")
+    assert any(not torch.equal(v, last["train_model"][k]) for k, v in last["model"].items())
+    assert "train_model" not in load_checkpoint(tmp_path / "ema" / "best.pt")
+    assert np.isfinite(last["metrics"]["loss"]) and 0 <= last["metrics"]["segm"]["AP"] <= 1
+
+
 def test_max_minutes_stops_training_and_validation(data, tmp_path, monkeypatch):
     _, ann = data
     predictions = _count_calls(monkeypatch, "predict")
