@@ -46,7 +46,7 @@ import torch
 
 from benchmarks.bench_newts import parse_sets, run_overrides, score, score_model
 from benchmarks.common import ratio_line
-from benchmarks.peers import PEER_TITLE, train_peer
+from benchmarks.peers import peer_encoder, peer_title, train_peer
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
 SIZE = (180, 240)  # (H, W): CamVid at half resolution, "240x180"
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         row, peer_row = ours.result(), theirs.result()
     for line in (json.dumps(row), table(args, row), json.dumps(peer_row)):
         print(line, flush=True)
-    print(table(args, peer_row, title=f"peer: {PEER_TITLE}"))
+    print(table(args, peer_row, title=f"peer: {peer_title(peer_row['encoder'])}"))
     ratio = row["miou"] / peer_row["miou"]
     print(ratio_line("CamVid val mIoU segworks/smp (one seed)", [ratio], rounds="seeds"))
     return 0
@@ -335,7 +335,8 @@ def run_peer(args: argparse.Namespace) -> dict:
         meta = {**source.meta.to_dict(), "mean": list(cfg.mean), "std": list(cfg.std)}
         scores = score_model(peer, {"meta": meta, "config": {}}, source.dataset("val"), size=SIZE)
     return {"seed": args.seed, "epochs": epochs, "train_min": wall, "cpu_min": cpu,
-            "class_names": source.meta.class_names, **scores}  # fmt: skip
+            "encoder": peer_encoder(cfg), "class_names": source.meta.class_names,
+            **scores}  # fmt: skip
 
 
 def table(args: argparse.Namespace, row: dict, title: str | None = None) -> str:

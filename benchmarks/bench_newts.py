@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.peers import PEER_TITLE, train_peer
+from benchmarks.peers import peer_encoder, peer_title, train_peer
 
 NEWTS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "newts"
 VAL_FRACTION = 0.25  # 4 of 16 train images for --validate
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table("seed tutorial recipe (64 px, SGD 0.01, 1000 it)", run_all(args, "baseline")))
     if args.peer:
         peer_rows = run_all(args, "peer")
-        print(table(f"peer: {PEER_TITLE}", peer_rows))
+        print(table(f"peer: {peer_title(peer_rows[0]['encoder'])}", peer_rows))
         from benchmarks.common import ratio_line
 
         ratios = [ours["miou"] / theirs["miou"] for ours, theirs in zip(rows, peer_rows)]
@@ -303,7 +303,8 @@ def run_smp(options: dict, seed: int) -> dict:
         meta = {**source.meta.to_dict(), "mean": list(cfg.mean), "std": list(cfg.std)}
         saved = {"meta": meta, "config": {"long_side": cfg.long_side}}
         scores = score_model(peer, saved, source.dataset(test))
-    return {"seed": seed, "epochs": epochs, "train_min": wall, "cpu_min": cpu, **scores}
+    return {"seed": seed, "epochs": epochs, "train_min": wall, "cpu_min": cpu,
+            "encoder": peer_encoder(cfg), **scores}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- report

@@ -1,6 +1,7 @@
-"""The smp peer of the pretrained recipes: smp's `Unet("tu-tf_efficientnet_lite0")` with the
-same ImageNet file segworks uses, trained the way smp's examples do (Adam lr 1e-4, multiclass
-Dice loss, constant learning rate) on segworks' data pipeline, until a CPU-time budget is spent.
+"""The smp peer of the pretrained recipes: smp's `Unet("tu-tf_efficientnet_liteN")` on the
+recipe's own EfficientNet-Lite ImageNet file, trained the way smp's examples do (Adam lr 1e-4,
+multiclass Dice loss, constant learning rate) on segworks' data pipeline, until a CPU-time
+budget is spent.
 """
 
 from __future__ import annotations
@@ -10,10 +11,21 @@ import time
 import torch
 import torch.nn.functional as F
 
-PEER_TITLE = (
-    "smp Unet('tu-tf_efficientnet_lite0') on the same ImageNet weights, trained as smp's examples "
-    "do (Adam 1e-4, Dice loss, constant lr), same images, crops and CPU budget"
-)
+LITE_ENCODERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+def peer_title(encoder: str) -> str:
+    return (
+        f"smp Unet('tu-tf_{encoder}') on the same ImageNet weights, trained as smp's examples do "
+        "(Adam 1e-4, Dice loss, constant lr), same images, crops and CPU budget"
+    )
+
+
+def peer_encoder(cfg) -> str:
+    """The recipe's encoder weights (`cfg.pretrained`), which the peer starts from too."""
+    if cfg.pretrained not in LITE_ENCODERS:
+        raise ValueError(f"the smp peer needs one of {LITE_ENCODERS}, got {cfg.pretrained!r}")
+    return cfg.pretrained
 
 
 class PaddedPeer(torch.nn.Module):
@@ -30,16 +42,17 @@ class PaddedPeer(torch.nn.Module):
         return {"out": out[..., :height, :width]}
 
 
-def smp_unet_lite0(num_classes: int) -> PaddedPeer:
-    """smp's Unet on EfficientNet-Lite0 with the package's ImageNet weights, loaded strictly."""
+def smp_unet(encoder: str, num_classes: int) -> PaddedPeer:
+    """smp's Unet on an EfficientNet-Lite (`encoder`, a name of LITE_ENCODERS) with the package's
+    ImageNet weights, loaded strictly."""
     import segmentation_models_pytorch as smp
 
     from segworks.models.encoders import lite_to_timm
     from segworks.models.pretrained import WEIGHTS, weights_file
     from segworks.models.weights import read_state_dict
 
-    model = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, classes=num_classes)
-    state = read_state_dict(weights_file(WEIGHTS["efficientnet_lite0"]))
+    model = smp.Unet(f"tu-tf_{encoder}", encoder_weights=None, classes=num_classes)
+    state = read_state_dict(weights_file(WEIGHTS[encoder]))
     depths = [len(stage) for stage in model.encoder.model.blocks]
     state = {k: v for k, v in lite_to_timm(state, depths).items()
              if not k.startswith(("conv_head.", "bn2.", "classifier."))}  # fmt: skip
@@ -48,7 +61,7 @@ def smp_unet_lite0(num_classes: int) -> PaddedPeer:
 
 
 def train_peer(cfg, train_set, cpu_seconds: float) -> tuple[PaddedPeer, int, float, float]:
-    """The peer trained on `train_set` through segworks' train loader of `cfg` (crops,
+    """The peer on the recipe's encoder (`cfg.pretrained`) trained on `train_set` through segworks' train loader of `cfg` (crops,
     augmentation, batch size; `cfg.workers` must be 0 so loading is counted) until this
     process has spent `cpu_seconds`; returns it in eval mode, its epochs, CPU and wall minutes."""
     import segmentation_models_pytorch as smp
@@ -58,7 +71,7 @@ def train_peer(cfg, train_set, cpu_seconds: float) -> tuple[PaddedPeer, int, flo
     from segworks.engine.train import train_loader
 
     wall = time.perf_counter()
-    peer = smp_unet_lite0(cfg.num_classes).train()
+    peer = smp_unet(peer_encoder(cfg), cfg.num_classes).train()
     optimizer = torch.optim.Adam(peer.parameters(), lr=1e-4)
     dice = smp.losses.DiceLoss("multiclass", ignore_index=IGNORE_INDEX)
     start, epoch = time.process_time(), 0

