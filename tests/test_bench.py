@@ -246,7 +246,9 @@ def test_the_fine_tuning_benchmarks_print_segworks_against_smp(shared_datasets, 
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert "2/2 ran" in out
-    assert "peer: smp Unet('tu-tf_efficientnet_lite0')" in out
+    newts, camvid = out[: out.index("=== camvid:")], out[out.index("=== camvid:") :]
+    assert "peer: smp Unet('tu-tf_efficientnet_lite2')" in newts  # each recipe's own encoder
+    assert "peer: smp Unet('tu-tf_efficientnet_lite0')" in camvid
     assert bench.RATIO.search(out[out.index("=== camvid:") :])
     assert "ratio newts test mIoU segworks/smp" in out
     assert "ratio CamVid val mIoU segworks/smp" in out
