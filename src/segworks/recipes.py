@@ -14,7 +14,8 @@ benchmarks/RESULTS.md ("Recipes").
   jitter, AdamW with warm-up and cosine decay, every image seen `epoch_repeats` times per epoch,
   no validation split (too few images to spare): the last checkpoint is the model.
 * ``camvid``: street scenes at 180x240 (CamVid's half size). BatchNorm U-Net on 176 px crops of
-  images scaled to half size and jittered, median-frequency class weights, validated at 180x240.
+  images scaled to half size and jittered, median-frequency class weights, validated at 180x240;
+  fine-tuning the Lite0 encoder it adds a Dice term to the weighted cross-entropy.
 * ``demo``:   the built-in shapes data of `segworks demo` (64 px).
 * ``instance``: Detectron's Mask R-CNN recipe, the default of `--task instance`: SGD at 0.01
   with momentum 0.9, a linear warm-up of 200 iterations (at most a fifth of the run), x0.1 at
@@ -125,6 +126,7 @@ RECIPES: dict[str, Recipe] = {
             model_kwargs={},
             pretrained="efficientnet_lite0",
             lr=1e-3,
+            loss="ce+dice",  # 30 CPU-min: val mIoU 0.572 against CE's 0.558 (RESULTS.md)
         ),
     ),
     "demo": Recipe(
