@@ -23,8 +23,13 @@ def peer_title(encoder: str) -> str:
 
 def peer_encoder(cfg) -> str:
     """The recipe's encoder weights (`cfg.pretrained`), which the peer starts from too."""
+    from segworks.errors import SegworksError
+
     if cfg.pretrained not in LITE_ENCODERS:
-        raise ValueError(f"the smp peer needs one of {LITE_ENCODERS}, got {cfg.pretrained!r}")
+        raise SegworksError(
+            f"the smp peer (--peer smp) needs one of {LITE_ENCODERS} as the recipe's "
+            f"pretrained weights, got {cfg.pretrained!r}"
+        )
     return cfg.pretrained
 
 
@@ -61,9 +66,10 @@ def smp_unet(encoder: str, num_classes: int) -> PaddedPeer:
 
 
 def train_peer(cfg, train_set, cpu_seconds: float) -> tuple[PaddedPeer, int, float, float]:
-    """The peer on the recipe's encoder (`cfg.pretrained`) trained on `train_set` through segworks' train loader of `cfg` (crops,
-    augmentation, batch size; `cfg.workers` must be 0 so loading is counted) until this
-    process has spent `cpu_seconds`; returns it in eval mode, its epochs, CPU and wall minutes."""
+    """The peer on the recipe's encoder (`cfg.pretrained`) trained on `train_set` through
+    segworks' train loader of `cfg` (crops, augmentation, batch size; `cfg.workers` must be 0 so
+    loading is counted) until this process has spent `cpu_seconds`; returns it in eval mode,
+    its epochs, CPU and wall minutes."""
     import segmentation_models_pytorch as smp
 
     from segworks import IGNORE_INDEX

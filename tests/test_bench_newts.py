@@ -79,12 +79,13 @@ def test_the_peer_starts_from_the_recipes_own_encoder_weights(encoder):
 
     from benchmarks.peers import peer_encoder, smp_unet
     from segworks.models.pretrained import WEIGHTS, package_path
+    from segworks.models.weights import read_state_dict
 
     path = package_path(WEIGHTS[encoder])
     if path is None:
         pytest.skip(f"the {encoder} package is not installed")
     peer = smp_unet(peer_encoder(SimpleNamespace(pretrained=encoder)), 3)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_dict(path)
     stem = next(v for k, v in state.items() if k.endswith("_conv_stem.weight"))
     assert torch.equal(peer.model.encoder.model.conv_stem.weight, stem)
     with pytest.raises(ValueError, match="needs one of"):
