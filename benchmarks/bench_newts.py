@@ -12,6 +12,9 @@ the test split at the images' original resolution with the last checkpoint. `--c
 the epochs to CPU time of one process instead of wall time: on a machine shared with other jobs
 that is what "N minutes on the CPU" means (with `--threads 1` a run gets no more work done than
 a 2-thread run in the same wall time on two free cores). `--jobs 2` runs two seeds at once.
+`--recipe-epochs` makes the budget a cap instead of a target: the recipe's own epochs are
+trained when the budget holds more (as `segworks train --recipe small` does), the fitted
+number when it holds fewer.
 
 `--validate` holds out 4 of the 16 train images (the engine's fixed carve, seed 0) and scores
 those instead of the test split: settings are chosen there, never on the test images. With
@@ -90,6 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="with --validate: hold out images K, K+4 of every folder (4 folds)",
     )
+    parser.add_argument("--recipe-epochs", action="store_true",
+                        help="train the recipe's own epochs when the budget holds more (the "
+                        "budget is then a cap, not a target)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe setting (JSON value), e.g. --set lr=0.001")  # fmt: skip
     return parser.parse_args(argv)
@@ -128,9 +134,12 @@ def run_recipe(options: dict, seed: int) -> dict:
         train_samples, val_samples = semantic.split_samples(cfg, source.splits)
         clock = time.process_time if options["clock"] == "cpu" else time.perf_counter
         budget = options["minutes"] * (options["threads"] if options["clock"] == "cpu" else 1)
-        cfg.epochs = epochs_for_budget(cfg, budget, train_images=len(train_samples), clock=clock)
+        fitted = epochs_for_budget(cfg, budget, train_images=len(train_samples), clock=clock)
+        capped = options["recipe_epochs"] and fitted >= cfg.epochs
+        cfg.epochs = cfg.epochs if capped else fitted
         cfg.warmup = min(cfg.warmup, cfg.epochs * steps_per_epoch(cfg, len(train_samples)) // 4)
-        cfg.fit_minutes = cfg.max_minutes = budget  # refitted after epoch 1, stopped at the end
+        cfg.max_minutes = budget  # stopped at the end of the budget
+        cfg.fit_minutes = None if capped else budget  # refitted after epoch 1
         cfg.budget_clock = options["clock"]
         wall, cpu = time.perf_counter(), time.process_time()
         run_dir = train(cfg)

@@ -90,3 +90,23 @@ def test_the_peer_starts_from_the_recipes_own_encoder_weights(encoder):
     assert torch.equal(peer.model.encoder.model.conv_stem.weight, stem)
     with pytest.raises(ValueError, match="needs one of"):
         peer_encoder(SimpleNamespace(pretrained="resnet50"))
+
+
+@pytest.mark.slow
+def test_recipe_epochs_makes_the_budget_a_cap_not_a_target(shared_datasets, capsys):
+    """With --recipe-epochs a budget that holds more epochs than the recipe's trains the
+    recipe's own (2 here); without it the epochs are fitted to the budget (more than 2)."""
+    import json
+
+    newts = shared_datasets / "newts"
+    if not (newts / "train").is_dir():
+        pytest.skip("no newts dataset")
+    argv = ["--data", str(newts), "--seeds", "0", "--minutes", "0.15", "--threads", "1",
+            "--clock", "cpu", "--set", "epoch_repeats=1", "--set", "batch_size=4",
+            "--set", "epochs=2", "--set", "long_side=96", "--set", "crop_size=64"]  # fmt: skip
+    epochs = []
+    for extra in (["--recipe-epochs"], []):
+        assert bench.main(argv + extra) == 0
+        row = next(line for line in capsys.readouterr().out.splitlines() if line[:1] == "{")
+        epochs.append(json.loads(row)["epochs"])
+    assert epochs[0] == 2 and epochs[1] > 2

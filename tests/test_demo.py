@@ -3,6 +3,7 @@ U-Net learns and a per-pixel classifier cannot."""
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -14,8 +15,10 @@ from PIL import Image
 from torch import nn
 
 from segworks.cli import main
+from segworks.commands import demo
 from segworks.data.synthetic import SHAPE_CLASSES, render_shapes, write_shapes_dataset
 from segworks.metrics import ConfusionMatrix
+from segworks.recipes import RECIPES
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
@@ -96,3 +99,29 @@ def test_a_per_pixel_model_finds_the_objects_but_cannot_tell_their_shape():
     control_iou = fit_and_score(PerPixel(3, hidden=32), steps=150, lr=1e-2)
     assert control_iou[0] > 0.8, control_iou  # the control does find the objects...
     assert min(control_iou[1:]) < 0.45, control_iou  # ...but not which shape they are
+
+
+def demo_args(**given) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    return parser.parse_args([f"--{k.replace('_', '-')}={v}" for k, v in given.items()])
+
+
+def test_demo_epochs_are_the_recipe_s_not_fitted_to_the_machine_s_load(tmp_path, monkeypatch):
+    """Without --minutes the demo trains the recipe's fixed epochs with no time cap, so its
+    result does not depend on how busy the machine is; --minutes fits them to the clock."""
+    import segworks.recipes
+
+    data = write_shapes_dataset(tmp_path / "data", num_train=8, num_val=2, size=48, seed=0)
+    monkeypatch.setattr(segworks.recipes, "epochs_for_budget", lambda *a, **k: 3)
+    cfg = demo.demo_config(demo_args(), data, tmp_path / "run")
+    assert cfg.epochs == RECIPES["demo"].settings["epochs"] and cfg.max_minutes is None
+    cfg = demo.demo_config(demo_args(minutes=0.5), data, tmp_path / "run")
+    assert cfg.epochs == 3 and cfg.max_minutes == 0.625
+    assert demo.demo_config(demo_args(epochs=2), data, tmp_path / "run").epochs == 2
+
+
+def test_demo_refuses_epochs_and_minutes_together(tmp_path, capsys):
+    argv = ["demo", "--out", str(tmp_path / "d"), "--epochs", "2", "--minutes", "1"]
+    assert main(argv) == 2
+    assert "--epochs or --minutes" in capsys.readouterr().err

@@ -131,12 +131,12 @@ RECIPES: dict[str, Recipe] = {
     ),
     "demo": Recipe(
         name="demo",
-        summary="the built-in shapes (64 px): small BN U-Net, AdamW + cosine, about a minute",
+        summary="the built-in shapes (64 px): small BN U-Net, AdamW + cosine, 1.5 minutes",
         settings=dict(
             model="unet",
             model_kwargs={"base_width": 16, "depth": 3},
             optimizer="adamw",
-            lr=5e-3,
+            lr=2e-3,  # val mIoU 0.953-0.994 over seeds 0-2; 5e-3 gave 0.831, 0.902 (RESULTS.md)
             weight_decay=1e-4,
             schedule="cosine",
             warmup=30,
@@ -144,11 +144,11 @@ RECIPES: dict[str, Recipe] = {
             crop_size=64,
             scale_range=(0.8, 1.25),
             hflip=True,
-            epochs=15,
+            epochs=17,  # about 1.4 minutes on 2 free cores
             workers=0,
             snapshot_every=0,
         ),
-        minutes=1.0,
+        minutes=1.5,
     ),
     "instance": Recipe(
         name="instance",
