@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/segworks demo
+	$(VENV)/bin/segworks demo --overwrite
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

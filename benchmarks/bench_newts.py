@@ -136,7 +136,8 @@ def run_recipe(options: dict, seed: int) -> dict:
         budget = options["minutes"] * (options["threads"] if options["clock"] == "cpu" else 1)
         fitted = epochs_for_budget(cfg, budget, train_images=len(train_samples), clock=clock)
         capped = options["recipe_epochs"] and fitted >= cfg.epochs
-        cfg.epochs = cfg.epochs if capped else fitted
+        if not capped:
+            cfg.epochs = fitted
         cfg.warmup = min(cfg.warmup, cfg.epochs * steps_per_epoch(cfg, len(train_samples)) // 4)
         cfg.max_minutes = budget  # stopped at the end of the budget
         cfg.fit_minutes = None if capped else budget  # refitted after epoch 1

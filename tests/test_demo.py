@@ -34,6 +34,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert len(overlays) == 6
     assert Image.open(overlays[0]).width >= 3 * 64  # image | ground truth | prediction
     assert len(list((out / "data" / "train" / "images").glob("*.png"))) == 16
+    before = (out / "run" / "last.pt").read_bytes()
+    assert main(argv) == 2  # a second demo into the same folder never replaces the first
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "run" / "last.pt").read_bytes() == before
+    assert main([*argv, "--overwrite"]) == 0
 
 
 def test_shapes_dataset_is_deterministic_and_well_formed(tmp_path):
@@ -119,9 +124,13 @@ def test_demo_epochs_are_the_recipe_s_not_fitted_to_the_machine_s_load(tmp_path,
     cfg = demo.demo_config(demo_args(minutes=0.5), data, tmp_path / "run")
     assert cfg.epochs == 3 and cfg.max_minutes == 0.625
     assert demo.demo_config(demo_args(epochs=2), data, tmp_path / "run").epochs == 2
+    cfg = demo.demo_config(demo_args(data=data), data, tmp_path / "run")  # real data: 1.5 min
+    assert cfg.epochs == 3 and cfg.max_minutes == 1.25 * demo.DATA_MINUTES
 
 
 def test_demo_refuses_epochs_and_minutes_together(tmp_path, capsys):
     argv = ["demo", "--out", str(tmp_path / "d"), "--epochs", "2", "--minutes", "1"]
     assert main(argv) == 2
     assert "--epochs or --minutes" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "e"), "--epochs", "0"]) == 2
+    assert "--epochs must be >= 1, got 0" in capsys.readouterr().err

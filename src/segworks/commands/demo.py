@@ -6,7 +6,8 @@ The epochs are fixed, not fitted to a time budget, so the demo's result does not
 busy the machine is (a busy machine only takes longer). `--minutes M` fits the epochs to M
 minutes instead. `--data DIR` trains on a real dataset (any layout `segworks train --data` reads)
 for as many epochs as fit 1.5 minutes unless `--epochs` or `--minutes` says otherwise (the
-recipe's epochs were sized for the shapes).
+recipe's epochs were sized for the shapes). A demo run already in `--out` is replaced only with
+`--overwrite` (`make demo` passes it: that folder is the demo's own).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 
 from segworks.config import TrainConfig
 from segworks.errors import SegworksError
-from segworks.outputs import check_output_dir
+from segworks.outputs import RUN_FILES, check_output_dir
+from segworks.recipes import RECIPES
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ DATA_MINUTES = 1.5  # --data without --epochs or --minutes
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
     parser.add_argument("--data", help="train on this dataset instead of the synthetic one")
-    parser.add_argument("--epochs", type=int, help="default: the demo recipe's (17)")
+    epochs = RECIPES["demo"].settings["epochs"]
+    parser.add_argument("--epochs", type=int, help=f"default: the demo recipe's ({epochs})")
     parser.add_argument(
         "--minutes", type=float, help="fit the epochs to this many minutes (--data: 1.5)"
     )
@@ -41,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-val", type=int, default=64, help="synthetic val images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--overwrite", action="store_true", help="replace a demo run in --out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,9 +54,15 @@ def run(args: argparse.Namespace) -> int:
         raise SegworksError(f"--minutes must be > 0, got {args.minutes}")
     if args.minutes is not None and args.epochs is not None:
         raise SegworksError("give --epochs or --minutes, not both (--minutes fits the epochs)")
+    if args.epochs is not None and args.epochs < 1:
+        raise SegworksError(f"--epochs must be >= 1, got {args.epochs}")
     out = check_output_dir(args.out, "--out")
-    if args.data and args.minutes is None and args.epochs is None:
-        args.minutes = DATA_MINUTES
+    found = [name for name in RUN_FILES if (out / "run" / name).is_file()]
+    if found and not args.overwrite:
+        raise SegworksError(
+            f"--out {out}: holds a demo run already ({out / 'run'}: {', '.join(found)}); "
+            "replace it with --overwrite or choose another --out"
+        )
     if args.data:
         data = Path(args.data)
     else:
@@ -83,6 +93,9 @@ def demo_config(args: argparse.Namespace, data: Path, out: Path) -> TrainConfig:
     `--epochs`, or as many as fit `--minutes`; real data (--data) gets larger crops and scales."""
     from segworks.recipes import epochs_for_budget, recipe_settings
 
+    minutes = args.minutes
+    if args.data and minutes is None and args.epochs is None:
+        minutes = DATA_MINUTES  # the recipe's epochs were sized for the shapes
     overrides = dict(
         data=str(data),
         batch_size=args.batch_size,
@@ -90,7 +103,7 @@ def demo_config(args: argparse.Namespace, data: Path, out: Path) -> TrainConfig:
         device=args.device,
         out=str(out),
         tensorboard=False,
-        max_minutes=None if args.minutes is None else 1.25 * args.minutes,
+        max_minutes=None if minutes is None else 1.25 * minutes,
     )
     if args.data:
         overrides.update(crop_size=256, scale_range=(0.5, 2.0))
@@ -99,8 +112,8 @@ def demo_config(args: argparse.Namespace, data: Path, out: Path) -> TrainConfig:
     cfg = TrainConfig(**recipe_settings("demo", overrides))
     if args.epochs is not None:
         cfg.epochs = args.epochs
-    elif args.minutes is not None:
-        cfg.epochs = epochs_for_budget(cfg, args.minutes, train_images=train_image_count(cfg))
+    elif minutes is not None:
+        cfg.epochs = epochs_for_budget(cfg, minutes, train_images=train_image_count(cfg))
     cfg.warmup = min(cfg.warmup, cfg.epochs * train_image_count(cfg) // (4 * cfg.batch_size))
     return cfg
 
