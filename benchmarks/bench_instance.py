@@ -12,7 +12,7 @@ instance` (segworks.engine.train.train) for `--minutes` of training, then the la
 checkpoint is scored once on the val images at their original resolution with pycocotools'
 COCOeval: box and mask AP, AP50, AP75. `--validate` chooses settings without the val images:
 the train part is split again the same way (balloon: 37 train / 12 held out) and the held-out
-train images are scored.
+train images are scored (`--draw K` holds out another random draw of them).
 
 The budget: one calibration epoch is trained and timed first (not counted), then the run gets
 as many whole epochs as fit `--minutes`, refitted from its own first epoch (`fit_minutes`: a
@@ -115,6 +115,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--validate", action="store_true",
                         help="choose settings: train on the train part less as many images as "
                         "val holds, score those; the val images are not read")  # fmt: skip
+    parser.add_argument("--draw", type=int, default=0,
+                        help="with --validate: hold out another random draw of the train part "
+                             "(0: the usual one)")  # fmt: skip
     parser.add_argument("--score", type=Path, metavar="CHECKPOINT",
                         help="no training: score this checkpoint on the val part of the one "
                              "dataset given with --datasets")  # fmt: skip
@@ -144,15 +147,16 @@ def split_indices(count: int, val_count: int, *, seed: int = 0) -> tuple[list[in
 
 
 def bench_split(
-    count: int, val_count: int, *, seed: int = 0, validate: bool = False
+    count: int, val_count: int, *, seed: int = 0, validate: bool = False, draw: int = 0
 ) -> tuple[list[int], list[int]]:
     """(train, scored) indices: the fixed split of `split_indices`, or with `validate` its train
     part split again the same way (`val_count` of it held out and scored), so that settings are
-    chosen without ever reading the val images."""
+    chosen without ever reading the val images. `draw` > 0 holds out another random draw of the
+    train part (draws may overlap; the val images are in none)."""
     train, val = split_indices(count, val_count, seed=seed)
     if not validate:
         return train, val
-    inner_train, inner_val = split_indices(len(train), val_count, seed=seed)
+    inner_train, inner_val = split_indices(len(train), val_count, seed=seed + draw)
     return [train[i] for i in inner_train], [train[i] for i in inner_val]
 
 
@@ -263,7 +267,7 @@ def run_dataset(name: str, source: Path, val_count: int, recipe: dict, args) -> 
 
     instance_set = read_instances(source)
     train_idx, val_idx = bench_split(len(instance_set.records), val_count, seed=args.split_seed,
-                                     validate=args.validate)  # fmt: skip
+                                     validate=args.validate, draw=args.draw)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix=f"bench_instance_{name}_") as folder:
         work = Path(folder)
         if args.keep:
@@ -317,7 +321,7 @@ def score_checkpoint(name: str, source: Path, val_count: int, checkpoint: Path, 
 
     instance_set = read_instances(source)
     train_idx, val_idx = bench_split(len(instance_set.records), val_count, seed=args.split_seed,
-                                     validate=args.validate)  # fmt: skip
+                                     validate=args.validate, draw=args.draw)  # fmt: skip
     saved = load_checkpoint(checkpoint)
     model = model_from_checkpoint(saved, checkpoint)
     val = InstanceDataset(instance_set, val_idx, min_size=None)  # original resolution

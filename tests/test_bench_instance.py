@@ -48,6 +48,9 @@ def test_validation_split_holds_out_train_images_only():
     inner_train, held_out = bench.bench_split(61, 12, seed=0, validate=True)
     assert len(inner_train) == 37 and len(held_out) == 12
     assert sorted(inner_train + held_out) == train  # the val images are never among them
+    other_train, other_held_out = bench.bench_split(61, 12, seed=0, validate=True, draw=1)
+    assert sorted(other_train + other_held_out) == train
+    assert other_held_out != held_out  # another draw, still from the train part only
 
 
 @pytest.mark.parametrize("count, val_count", [(1, 1), (10, 0), (10, 10), (5, -1)])
