@@ -126,7 +126,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe entry (JSON value), e.g. --set lr=0.01 or "
                              "--set model.width=32")  # fmt: skip
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.draw and not args.validate:
+        parser.error(f"--draw {args.draw} holds out train images only with --validate; add it")
+    return args
 
 
 # --------------------------------------------------------------------------- pure helpers

@@ -53,6 +53,13 @@ def test_validation_split_holds_out_train_images_only():
     assert other_held_out != held_out  # another draw, still from the train part only
 
 
+def test_draw_without_validate_is_refused(capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.parse_args(["--draw", "1"])
+    assert stop.value.code == 2 and "--validate" in capsys.readouterr().err
+    assert bench.parse_args(["--draw", "1", "--validate"]).draw == 1
+
+
 @pytest.mark.parametrize("count, val_count", [(1, 1), (10, 0), (10, 10), (5, -1)])
 def test_split_rejects_impossible_sizes(count, val_count):
     with pytest.raises(ValueError, match="must be"):
