@@ -34,10 +34,16 @@ def check_output_file(path: str | Path, flag: str) -> Path:
     return path
 
 
+def run_files(path: str | Path) -> list[str]:
+    """The names of RUN_FILES present in `path` (none when it is not a folder)."""
+    path = Path(path)
+    return [name for name in RUN_FILES if (path / name).is_file()] if path.is_dir() else []
+
+
 def check_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse a run folder that holds a run, unless resuming or overwriting it."""
     path = Path(path)
-    found = [name for name in RUN_FILES if (path / name).is_file()] if path.is_dir() else []
+    found = run_files(path)
     if found and not (resume or overwrite):
         raise SegworksError(
             f"--out {path}: holds a run already ({', '.join(found)}); continue it with "
@@ -70,10 +76,7 @@ def clear_run(path: str | Path) -> list[Path]:
     """Delete the checkpoints and logs of an earlier run in `path` (a new run replaces it, so no
     stale best.pt or epoch snapshot can pass for one of its own); returns what was deleted."""
     path = Path(path)
-    if not path.is_dir():
-        return []
-    stale = [path / name for name in RUN_FILES if (path / name).is_file()]
-    stale += sorted(path.glob("epoch_*.pt"))
+    stale = [path / name for name in run_files(path)] + sorted(path.glob("epoch_*.pt"))
     for file in stale:
         file.unlink()
     return stale

@@ -21,7 +21,7 @@ import torch
 
 from segworks.config import TrainConfig
 from segworks.errors import SegworksError
-from segworks.outputs import RUN_FILES, check_output_dir
+from segworks.outputs import check_output_dir, run_files
 from segworks.recipes import RECIPES
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise SegworksError(f"--epochs must be >= 1, got {args.epochs}")
     out = check_output_dir(args.out, "--out")
-    found = [name for name in RUN_FILES if (out / "run" / name).is_file()]
+    found = run_files(out / "run")
     if found and not args.overwrite:
         raise SegworksError(
             f"--out {out}: holds a demo run already ({out / 'run'}: {', '.join(found)}); "
