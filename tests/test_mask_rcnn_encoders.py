@@ -122,6 +122,18 @@ def test_fpn_channels_set_the_pyramid_and_head_width():
     assert all(torch.isfinite(value) for value in losses.values())
 
 
+def test_anchor_sizes_set_the_anchor_side_on_each_map_and_refuse_a_wrong_count():
+    model = build_model(
+        "maskrcnn_mobilenet_v2_fpn", num_classes=2, anchor_sizes=[16, 32, 64, 128, 256]
+    )
+    sides = [float(cells[1, 2] - cells[1, 0]) for cells in model.rpn.anchor_generator.cell_anchors]
+    assert sides == [16.0, 32.0, 64.0, 128.0, 256.0]  # the square anchor of each FPN map
+    default = build_model("maskrcnn_mobilenet_v2_fpn", num_classes=2)
+    assert [float(c[1, 2] - c[1, 0]) for c in default.rpn.anchor_generator.cell_anchors][0] == 32.0
+    with pytest.raises(SegworksError, match=r"five positive integers, got \[16, 32\]"):
+        build_model("maskrcnn_mobilenet_v2_fpn", num_classes=2, anchor_sizes=[16, 32])
+
+
 def _imagenet_file(name: str):
     if status(WEIGHTS[name]) != "installed":
         pytest.skip(f"the package shipping {name} weights is not installed")

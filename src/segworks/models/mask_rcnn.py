@@ -57,6 +57,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
+from segworks.errors import SegworksError
 from segworks.models.backbones import stride_in_1x1
 from segworks.models.encoders import build_encoder, freeze_levels
 from segworks.models.pretrained import WEIGHTS
@@ -258,9 +259,7 @@ def fpn_v2_layout(body: resnet.ResNet, num_classes: int, roi_size: int) -> tuple
         extra_blocks=LastLevelMaxPool(),
         norm_layer=nn.BatchNorm2d,
     )
-    anchors = AnchorGenerator(
-        sizes=((32,), (64,), (128,), (256,), (512,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5
-    )
+    anchors = pyramid_anchors((32, 64, 128, 256, 512))
     mask_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=roi_size, sampling_ratio=2)
     return fpn, {
         "num_classes": num_classes,
@@ -371,6 +370,7 @@ def maskrcnn_encoder_fpn(
     freeze_bn: bool | None = None,
     fpn_channels: int = 256,
     trainable_levels: int | None = None,
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
     **detector_kwargs,
 ) -> SegMaskRCNN:
     """Mask R-CNN with an FPN over an encoder of `segworks.models.encoders` (1/4..1/32 levels).
@@ -379,8 +379,10 @@ def maskrcnn_encoder_fpn(
     `fpn_channels` is the width of the FPN, RPN and box head input (torchvision's 256; 128 makes
     a CPU step about 2.5x cheaper, benchmarks/RESULTS.md). `trainable_levels` of the encoder's
     five are trained, the ones below frozen (default as torchvision: 3 with ImageNet weights,
-    else all 5). The model normalises its input with the statistics of the encoder's registered
-    ImageNet weights (`image_mean` / `image_std` in `detector_kwargs` override them).
+    else all 5). `anchor_sizes` are the RPN's anchor sides on the five maps, 1/4 to 1/64
+    (torchvision's for 800 px images by default; halve them for images near 400 px). The model
+    normalises its input with the statistics of the encoder's registered ImageNet weights
+    (`image_mean` / `image_std` in `detector_kwargs` override them).
     """
     body = build_encoder(encoder, weights=backbone_weights)
     if freeze_bn if freeze_bn is not None else backbone_weights is not None:
@@ -397,8 +399,16 @@ def maskrcnn_encoder_fpn(
         gamma=gamma,
         num_classes=num_classes,
         mask_roi_pool=mask_roi_pool,
+        rpn_anchor_generator=pyramid_anchors(anchor_sizes),
         **(normalise | detector_kwargs),
     )
+
+
+def pyramid_anchors(sizes: tuple[int, ...]) -> AnchorGenerator:
+    """One anchor side per FPN map (five, 1/4 to 1/64), three aspect ratios each."""
+    if len(sizes) != 5 or any(not isinstance(s, int) or s <= 0 for s in sizes):
+        raise SegworksError(f"anchor_sizes needs five positive integers, got {list(sizes)}")
+    return AnchorGenerator(sizes=tuple((s,) for s in sizes), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
 
 
 def maskrcnn_mobilenet_v2_fpn(*, num_classes: int, **kwargs) -> SegMaskRCNN:
