@@ -134,6 +134,21 @@ def test_anchor_sizes_set_the_anchor_side_on_each_map_and_refuse_a_wrong_count()
         build_model("maskrcnn_mobilenet_v2_fpn", num_classes=2, anchor_sizes=[16, 32])
 
 
+def test_mask_head_channels_narrow_the_mask_head_and_keep_the_default_layout():
+    default = build_model("maskrcnn_mobilenet_v2_fpn", num_classes=3, fpn_channels=128, **SMALL)
+    narrow = build_model(
+        "maskrcnn_mobilenet_v2_fpn", num_classes=3, fpn_channels=128, mask_head_channels=64, **SMALL
+    )
+    assert narrow.state_dict().keys() == default.state_dict().keys()
+    assert default.roi_heads.mask_head[0][0].out_channels == 256  # torchvision's width
+    assert narrow.roi_heads.mask_head[0][0].out_channels == 64
+    assert narrow.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
+    assert narrow.roi_heads.box_predictor.cls_score.out_features == 3
+    narrow.train()
+    losses = narrow([torch.rand(3, 72, 88)], [one_instance()])
+    assert all(torch.isfinite(value) for value in losses.values())
+
+
 def _imagenet_file(name: str):
     if status(WEIGHTS[name]) != "installed":
         pytest.skip(f"the package shipping {name} weights is not installed")

@@ -371,6 +371,7 @@ def maskrcnn_encoder_fpn(
     fpn_channels: int = 256,
     trainable_levels: int | None = None,
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
+    mask_head_channels: int = 256,
     **detector_kwargs,
 ) -> SegMaskRCNN:
     """Mask R-CNN with an FPN over an encoder of `segworks.models.encoders` (1/4..1/32 levels).
@@ -380,9 +381,10 @@ def maskrcnn_encoder_fpn(
     a CPU step about 2.5x cheaper, benchmarks/RESULTS.md). `trainable_levels` of the encoder's
     five are trained, the ones below frozen (default as torchvision: 3 with ImageNet weights,
     else all 5). `anchor_sizes` are the RPN's anchor sides on the five maps, 1/4 to 1/64
-    (torchvision's for 800 px images by default; halve them for images near 400 px). The model
-    normalises its input with the statistics of the encoder's registered ImageNet weights
-    (`image_mean` / `image_std` in `detector_kwargs` override them).
+    (torchvision's for 800 px images by default; halve them for images near 400 px).
+    `mask_head_channels` is the width of the four-convolution mask head (torchvision's 256).
+    The model normalises its input with the statistics of the encoder's registered ImageNet
+    weights (`image_mean` / `image_std` in `detector_kwargs` override them).
     """
     body = build_encoder(encoder, weights=backbone_weights)
     if freeze_bn if freeze_bn is not None else backbone_weights is not None:
@@ -397,9 +399,11 @@ def maskrcnn_encoder_fpn(
         EncoderFPN(body, out_channels=fpn_channels),
         weights=weights,
         gamma=gamma,
-        num_classes=num_classes,
         mask_roi_pool=mask_roi_pool,
         rpn_anchor_generator=pyramid_anchors(anchor_sizes),
+        box_predictor=FastRCNNPredictor(1024, num_classes),  # torchvision's TwoMLPHead width
+        mask_head=MaskRCNNHeads(fpn_channels, [mask_head_channels] * 4, 1),
+        mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes),
         **(normalise | detector_kwargs),
     )
 
