@@ -147,6 +147,9 @@ def test_mask_head_channels_narrow_the_mask_head_and_keep_the_default_layout():
     narrow.train()
     losses = narrow([torch.rand(3, 72, 88)], [one_instance()])
     assert all(torch.isfinite(value) for value in losses.values())
+    for name in ("mask_head_channels", "fpn_channels"):
+        with pytest.raises(SegworksError, match=f"{name} must be a positive integer, got 0"):
+            build_model("maskrcnn_mobilenet_v2_fpn", num_classes=3, **{name: 0})
 
 
 def _imagenet_file(name: str):

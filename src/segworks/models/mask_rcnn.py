@@ -386,6 +386,9 @@ def maskrcnn_encoder_fpn(
     The model normalises its input with the statistics of the encoder's registered ImageNet
     weights (`image_mean` / `image_std` in `detector_kwargs` override them).
     """
+    for name, width in (("fpn_channels", fpn_channels), ("mask_head_channels", mask_head_channels)):
+        if not isinstance(width, int) or width < 1:
+            raise SegworksError(f"{name} must be a positive integer, got {width!r}")
     body = build_encoder(encoder, weights=backbone_weights)
     if freeze_bn if freeze_bn is not None else backbone_weights is not None:
         freeze_batchnorm(body)
