@@ -96,6 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recipe-epochs", action="store_true",
                         help="train the recipe's own epochs when the budget holds more (the "
                         "budget is then a cap, not a target)")  # fmt: skip
+    parser.add_argument("--tta-scales", nargs="+", default=[], metavar="S,S,...",
+                        help="also score with flip TTA at these scales, e.g. 0.75,1,1.25")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe setting (JSON value), e.g. --set lr=0.001")  # fmt: skip
     return parser.parse_args(argv)
@@ -146,7 +148,7 @@ def run_recipe(options: dict, seed: int) -> dict:
         run_dir = train(cfg)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         test = val_samples if options["validate"] else source.splits["test"]
-        scores = score(run_dir / "last.pt", source.dataset(test))
+        scores = score(run_dir / "last.pt", source.dataset(test), tta=options["tta_scales"])
     return {"seed": seed, "epochs": cfg.epochs, "train_min": wall / 60, "cpu_min": cpu / 60,
             **scores}  # fmt: skip
 
@@ -198,40 +200,48 @@ def parse_sets(items: list[str]) -> dict:
     return settings
 
 
-def score(checkpoint: Path, dataset, size: tuple[int, int] | None = None) -> dict:
+def score(checkpoint: Path, dataset, size=None, tta: list[str] = ()) -> dict:
     """mIoU and per-class IoU at the original resolution, from the checkpoint alone (at the
     training run's long side, if it had one), plain and with flip TTA (`miou_flip`), and the
-    optimizer steps the run took (`step`)."""
+    optimizer steps the run took (`step`); `tta` adds flip TTA at each listed set of scales
+    ("0.75,1,1.25") under `miou_tta`."""
     from segworks.checkpoint import load_checkpoint
     from segworks.models import model_from_checkpoint
 
     saved = load_checkpoint(checkpoint)
     model = model_from_checkpoint(saved, checkpoint).eval()
-    return score_model(model, saved, dataset, size) | {"step": saved.get("step")}
+    scores = score_model(model, saved, dataset, size) | {"step": saved.get("step")}
+    if tta:
+        scales = {text: tuple(float(v) for v in text.split(",")) for text in tta}
+        scores["miou_tta"] = {
+            text: score_with(model, saved, dataset, size=size, tta_flip=True, tta_scales=value)[
+                "miou"
+            ]
+            for text, value in scales.items()
+        }
+    return scores
 
 
 def score_model(model, saved: dict, dataset, size: tuple[int, int] | None = None) -> dict:
     """`score` of a model given apart from its checkpoint's meta and config (`saved`)."""
+    plain = score_with(model, saved, dataset, size=size)
+    flipped = score_with(model, saved, dataset, size=size, tta_flip=True)
+    stored = bool((saved.get("config") or {}).get("tta_flip"))  # what `segworks eval` reports
+    return {"miou": plain["miou"], "iou": [round(v, 4) for v in plain["iou"]],
+            "miou_flip": flipped["miou"], "flip_stored": stored}  # fmt: skip
+
+
+def score_with(model, saved: dict, dataset, **option_fields) -> dict:
+    """The evaluation loop's result for one set of InferenceOptions fields, at the training
+    run's long side (if it had one)."""
     from segworks.engine.evaluate import evaluate
     from segworks.inference import InferenceOptions
 
     meta = saved["meta"]
     long_side = (saved.get("config") or {}).get("long_side")
-    runs = {
-        flip: evaluate(
-            model,
-            dataset,
-            meta,
-            mean=meta["mean"],
-            std=meta["std"],
-            options=InferenceOptions(size=size, long_side=long_side, tta_flip=flip),
-            progress=False,
-        )  # fmt: skip
-        for flip in (False, True)
-    }
-    plain = runs[False]
-    return {"miou": plain["miou"], "iou": [round(v, 4) for v in plain["iou"]],
-            "miou_flip": runs[True]["miou"]}  # fmt: skip
+    options = InferenceOptions(long_side=long_side, **option_fields)
+    return evaluate(model, dataset, meta, mean=meta["mean"], std=meta["std"], options=options,
+                    progress=False)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the baseline
@@ -334,7 +344,16 @@ def table(title: str, rows: list[dict]) -> str:
         mean_flip = statistics.mean(flips)
         lines.append(
             f"with flip TTA (segworks eval --tta --tta-scales 1): mean mIoU {mean_flip:.4f}"
+            + (
+                "  <- the recipe's own (stored in its checkpoints)"
+                if rows[0].get("flip_stored")
+                else ""
+            )
         )
+    for text in rows[0].get("miou_tta") or {}:
+        mean_tta = statistics.mean(row["miou_tta"][text] for row in rows)
+        scales = text.replace(",", " ")
+        lines.append(f"with flip TTA (--tta --tta-scales {scales}): mean mIoU {mean_tta:.4f}")
     return "\n".join(lines)
 
 

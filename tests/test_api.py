@@ -159,3 +159,26 @@ def test_readme_api_example_trains_evaluates_and_predicts(tmp_path, monkeypatch)
     assert 0 <= namespace["metrics"]["miou"] <= 1
     assert prediction.labels.shape == (48, 48)
     assert namespace["probabilities"].shape == (3, 48, 48)
+
+
+def test_tta_stored_by_the_run_is_what_predict_and_the_predictor_apply(checkpoint, tmp_path):
+    """A checkpoint whose run set `tta_flip` (recipe small) predicts with flip TTA by default,
+    exactly as `--tta --tta-scales 1` does; `--no-tta` / ``tta_flip=False`` turn it off."""
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["tta_flip"] = True
+    stored = tmp_path / "tta.pt"
+    torch.save(state, stored)
+    image = photo(tmp_path / "in")
+    by_default = cli_labels(stored, image, tmp_path / "a")
+    asked = cli_labels(checkpoint, image, tmp_path / "b", "--tta", "--tta-scales", "1")
+    np.testing.assert_array_equal(by_default, asked)
+    plain = cli_labels(stored, image, tmp_path / "c", "--no-tta")
+    np.testing.assert_array_equal(plain, cli_labels(checkpoint, image, tmp_path / "d"))
+    assert not np.array_equal(plain, by_default)  # control: the flip changes labels here
+    predictor = Predictor.from_checkpoint(stored)
+    assert predictor.options.tta_flip and predictor.options.tta_scales == (1.0,)
+    np.testing.assert_array_equal(predictor.predict(image).labels, by_default)
+    off = Predictor.from_checkpoint(stored, tta_flip=False)
+    np.testing.assert_array_equal(off.predict(image).labels, plain)
+    assert main(["predict", str(stored), str(image), "--out", str(tmp_path / "e"), "--tta",
+                 "--no-tta"]) == 2  # fmt: skip

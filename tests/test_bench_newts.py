@@ -30,6 +30,12 @@ def test_table_reports_the_mean_and_the_spread_over_seeds():
     assert "mean IoU per class: 0.850  0.600  0.650" in text
     assert "mean mIoU 0.7000" in text.splitlines()[-3]
     assert text.splitlines()[-1].endswith("mean mIoU 0.7000")  # the flip TTA mean
+    rows[0]["miou_tta"] = {"0.75,1": 0.64}
+    rows[1]["miou_tta"] = {"0.75,1": 0.70}
+    rows[0]["flip_stored"] = True
+    lines = bench.table("recipe", rows).splitlines()
+    assert lines[-1] == "with flip TTA (--tta --tta-scales 0.75 1): mean mIoU 0.6700"
+    assert lines[-2].endswith("0.7000  <- the recipe's own (stored in its checkpoints)")
 
 
 def test_a_tiny_run_trains_and_scores_the_test_split(shared_datasets, capsys):

@@ -209,6 +209,34 @@ def test_cli_eval_prints_table_and_writes_json_csv_png(registered, tmp_path, cap
     assert Image.open(out / "cm.png").mode == "RGB"
 
 
+def test_cli_eval_reports_the_tta_the_run_stored(registered, tmp_path, capsys):
+    """A checkpoint whose run set `tta_flip` is scored plain and with flip TTA, the TTA figure
+    equal to `--tta --tta-scales 1` on the same weights; `--no-tta` scores plain only."""
+    data = write_dataset(tmp_path / "data", num_classes=3)
+    plain_checkpoint = write_checkpoint(tmp_path / "plain.pt", num_classes=3)
+    state = torch.load(plain_checkpoint, weights_only=True)
+    state["config"]["tta_flip"] = True
+    stored = tmp_path / "stored.pt"
+    torch.save(state, stored)
+
+    def report(checkpoint: Path, *flags: str) -> dict:
+        out = tmp_path / f"{checkpoint.stem}{len(flags)}.json"
+        argv = ["eval", str(checkpoint), "--data", str(data), "--no-progress", "--json", str(out)]
+        assert main(argv + list(flags)) == 0
+        return json.loads(out.read_text())["variants"]
+
+    by_default = report(stored)
+    asked = report(plain_checkpoint, "--tta", "--tta-scales", "1")
+    assert set(by_default) == {"plain", "tta"}
+    assert by_default["tta"]["settings"]["tta_flip"] is True
+    assert by_default["tta"]["confusion_matrix"] == asked["tta"]["confusion_matrix"]
+    assert by_default["tta"]["confusion_matrix"] != by_default["plain"]["confusion_matrix"]
+    assert set(report(stored, "--no-tta")) == {"plain"}
+    capsys.readouterr()
+    assert main(["eval", str(stored), "--data", str(data), "--no-tta", "--tta"]) == 2
+    assert "--no-tta" in capsys.readouterr().err
+
+
 def test_cli_eval_binary_and_report(registered, tmp_path, monkeypatch):
     calls = {}
 

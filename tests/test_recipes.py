@@ -149,3 +149,17 @@ def test_another_model_without_weights_takes_the_from_scratch_recipe(monkeypatch
     assert recipe_settings("small", {"model": "unet_efficientnet_lite2"})["pretrained"] == (
         "efficientnet_lite2"
     )
+
+
+def test_tta_flags_are_stored_and_checked():
+    cfg = train_command.config_from_args(
+        parse(["--data", "d", "--tta-flip", "--tta-scales", "1", "1.25", "--out", "o"])
+    )
+    assert cfg.tta_flip is True and cfg.tta_scales == (1.0, 1.25)
+    assert cfg.to_dict()["tta_scales"] == [1.0, 1.25]  # what eval and predict read back
+    plain = train_command.config_from_args(parse(["--data", "d", "--out", "o"]))
+    assert plain.tta_flip is False and plain.tta_scales == (1.0,)
+    with pytest.raises(ValueError, match="tta_scales must be numbers > 0, got \\[0.0\\]"):
+        TrainConfig(data="d", tta_scales=(0.0,))
+    with pytest.raises(ValueError, match="--tta-flip .* does not apply to --task instance"):
+        TrainConfig(data="d", task="instance", tta_flip=True)

@@ -87,6 +87,8 @@ class TrainConfig:
     eval_size: int | tuple[int, int] | None = None  # validate at N x N or (H, W); None: as loaded
     mean: tuple[float, float, float] | None = None  # None: the pretrained weights' (or ImageNet)
     std: tuple[float, float, float] | None = None
+    tta_flip: bool = False  # eval and predict average with the mirror image unless --no-tta
+    tta_scales: tuple[float, ...] = (1.0,)  # ... and over these input scales
 
     # 5. runtime
     seed: int = 0
@@ -110,6 +112,8 @@ class TrainConfig:
     roi_size: int = 14  # RoIAlign output size of the mask head
     min_size: int | None = None  # images resized to this shorter side (None: the model's)
     max_size: int | None = None  # ... and at most this longer side
+    min_size_test: int | None = None  # eval and predict at this shorter side (None: min_size)
+    max_size_test: int | None = None  # ... and longer side (None: max_size scaled alike)
     instance_format: str = "auto"  # coco | labelme | via | voc | auto
     bn2affine: bool = False  # BatchNorm as a frozen affine layer (same as freeze_bn)
     val_data: str | None = None  # annotations of a separate validation set
@@ -117,6 +121,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.scale_range = (float(self.scale_range[0]), float(self.scale_range[1]))
         self.milestones = tuple(float(m) for m in self.milestones)
+        scales = self.tta_scales
+        self.tta_scales = (
+            tuple(float(s) for s in scales)
+            if isinstance(scales, (list, tuple))
+            else (float(scales),)
+        )
         if self.mean is None or self.std is None:
             mean, std = self.weights_normalisation()
             self.mean = mean if self.mean is None else self.mean
@@ -168,6 +178,8 @@ class TrainConfig:
             raise SegworksError(f"patience must be >= 1 epoch, got {self.patience}")
         if self.num_classes is not None and self.num_classes < 1:
             raise SegworksError(f"num_classes must be >= 1, got {self.num_classes}")
+        if not self.tta_scales or any(not s > 0 for s in self.tta_scales):
+            raise SegworksError(f"tta_scales must be numbers > 0, got {list(self.tta_scales)}")
         if any(not 0.0 < m < 1.0 for m in self.milestones):
             raise SegworksError(f"milestones must be fractions in (0, 1), got {self.milestones}")
         check_task_fields(self)
@@ -190,13 +202,14 @@ class TrainConfig:
 
 
 # Fields only one kind of task can use: given (not at their default) for the other, refused.
-INSTANCE_ONLY = ("gamma", "roi_size", "min_size", "max_size", "instance_format", "bn2affine",
-                 "val_data")  # fmt: skip
+INSTANCE_ONLY = ("gamma", "roi_size", "min_size", "max_size", "min_size_test", "max_size_test",
+                 "instance_format", "bn2affine", "val_data")  # fmt: skip
 SEMANTIC_ONLY = (
     "train_list", "train_images", "train_annotations", "mask_format", "ignore_index",
     "class_names", "reduce_zero_label", "num_classes", "train_split", "val_name", "skip_bad",
     "freeze_backbone_epochs", "loss", "class_weights", "aux_weight", "crop_size", "scale_range",
-    "jitter", "dihedral", "long_side", "eval_size", "channels_last", "compile",
+    "jitter", "dihedral", "long_side", "eval_size", "channels_last", "compile", "tta_flip",
+    "tta_scales",
 )  # fmt: skip
 
 

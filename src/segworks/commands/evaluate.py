@@ -5,7 +5,8 @@ accuracy, mIoU, frequency-weighted IoU, mean Dice) from one confusion matrix ove
 Predictions are made at the original size (with --size the input is resized and the logits are
 resized back; labels are never resized). Classes absent from ground truth and prediction are
 left out of the means (nanmean); a class predicted but absent from ground truth scores IoU 0.
-With --tta the plain and the augmented numbers are both reported.
+With --tta, or when the checkpoint's run stored TTA (`segworks train --tta-flip`, recipe
+`small`), the plain and the augmented numbers are both reported; --no-tta reports plain only.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from segworks.commands.predict import (
     checkpoint_task,
     inference_options,
     resolve_device,
-    tta_requested,
+    use_tta,
 )
 from segworks.errors import SegworksError
 
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     dataset, meta = open_split(args, checkpoint)
     model = model_from_checkpoint(checkpoint, args.checkpoint)
     device = resolve_device(args)
-    variants = {"plain": False, "tta": True} if tta_requested(args) else {"plain": False}
+    variants = {"plain": False, "tta": True} if use_tta(args, checkpoint) else {"plain": False}
     results = {}
     for name, tta in variants.items():
         options = inference_options(args, checkpoint, tta=tta)

@@ -109,13 +109,43 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--no-tta-flip", action="store_true", help="TTA without the flip")
     group.add_argument(
+        "--no-tta",
+        action="store_true",
+        help="plain inference, also when the checkpoint's run stored TTA (e.g. recipe small)",
+    )
+    group.add_argument(
         "--threshold", type=float, help="binary: foreground probability cut (default 0.5)"
     )
 
 
 # --------------------------------------------------------------------------- shared helpers
 def tta_requested(args: argparse.Namespace) -> bool:
-    return bool(args.tta or args.tta_scales)
+    """--tta or --tta-scales given (refused next to --no-tta)."""
+    asked = bool(args.tta or args.tta_scales)
+    if asked and getattr(args, "no_tta", False):
+        raise SegworksError("--no-tta turns test-time augmentation off; drop it or --tta")
+    return asked
+
+
+def use_tta(args: argparse.Namespace, checkpoint: dict) -> bool:
+    """Whether to run the augmented variant: asked for by the flags, or stored by the
+    checkpoint's run (`TrainConfig.tta_flip` / `tta_scales`) and not turned off by --no-tta."""
+    if tta_requested(args):
+        return True
+    config = checkpoint.get("config") or {}
+    stored = bool(config.get("tta_flip")) or list(config.get("tta_scales") or [1.0]) != [1.0]
+    return stored and not getattr(args, "no_tta", False)
+
+
+def tta_fields(args: argparse.Namespace, tta: bool) -> dict:
+    """tta_flip / tta_scales for options_from_checkpoint: plain; the flags' TTA (flip and
+    scales 0.75 1 1.25 unless given); or, with no TTA flag, the checkpoint's (None)."""
+    if not tta:
+        return {"tta_flip": False, "tta_scales": (1.0,)}
+    if tta_requested(args):
+        scales = tuple(args.tta_scales or (0.75, 1.0, 1.25))
+        return {"tta_flip": not args.no_tta_flip, "tta_scales": scales}
+    return {"tta_flip": False if args.no_tta_flip else None, "tta_scales": None}
 
 
 def inference_options(args: argparse.Namespace, checkpoint: dict, *, tta: bool):
@@ -123,7 +153,6 @@ def inference_options(args: argparse.Namespace, checkpoint: dict, *, tta: bool):
     `Predictor.from_checkpoint` uses too); `tta` picks the augmented or the plain variant."""
     from segworks.inference.predictor import options_from_checkpoint
 
-    scales = tuple(args.tta_scales or (0.75, 1.0, 1.25)) if tta else (1.0,)
     return options_from_checkpoint(
         checkpoint,
         mode=args.mode,
@@ -134,8 +163,7 @@ def inference_options(args: argparse.Namespace, checkpoint: dict, *, tta: bool):
         margin=args.margin,
         tile_batch=args.batch_size,
         gaussian=not args.no_gaussian,
-        tta_flip=tta and not args.no_tta_flip,
-        tta_scales=scales,
+        **tta_fields(args, tta),
         size=_pair_flag(args.size, "--size"),
     )
 
@@ -188,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         from segworks.inference.instance_predict import run_predict
 
         return int(run_predict(args) or 0)
-    options = inference_options(args, checkpoint, tta=tta_requested(args))
+    options = inference_options(args, checkpoint, tta=use_tta(args, checkpoint))
     if options.long_side and options.size is None:
         print(f"inputs are resized to a longer side of {options.long_side} px (the checkpoint's "
               "training scale) and the labels resized back; --long-side 0 keeps the original "

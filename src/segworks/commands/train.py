@@ -130,6 +130,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="validate resized to N x N, or to H W")  # fmt: skip
     aug.add_argument("--mean", type=float, nargs=3, help="normalisation mean (0..1 scale)")
     aug.add_argument("--std", type=float, nargs=3)
+    aug.add_argument("--tta-flip", action="store_true", default=None,
+                     help="stored in the checkpoint: eval and predict average with the mirror "
+                     "image unless --no-tta")  # fmt: skip
+    aug.add_argument("--tta-scales", type=float, nargs="+", metavar="S",
+                     help="stored in the checkpoint: eval and predict average over these input "
+                     "scales unless --no-tta")  # fmt: skip
 
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("-g", "--gpu", type=int, help="GPU index; -1 = CPU (as in the seed)")
@@ -159,6 +165,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="BatchNorm -> frozen affine")  # fmt: skip
     instance.add_argument("--min-size", type=int, help="shortest side (recipe: 800)")
     instance.add_argument("--max-size", type=int, help="longest side (recipe: 1333)")
+    instance.add_argument("--min-size-test", type=int, metavar="N",
+                          help="evaluate and predict at shorter side N (default: --min-size)")  # fmt: skip
+    instance.add_argument("--max-size-test", type=int, metavar="N",
+                          help="... and longer side at most N (default: --max-size scaled alike)")  # fmt: skip
     instance.add_argument("--instance-format", choices=("auto", "coco", "labelme", "via", "voc"))
     instance.add_argument("--val-data", metavar="ANNOTATIONS", help="a separate validation set")
 
@@ -215,7 +225,7 @@ def _given_fields(args: argparse.Namespace) -> dict[str, Any]:
         given["model_kwargs"] = parse_model_args(args.model_arg)
     if args.gpu is not None or "device" in given:
         given["device"] = device_name(given.get("device"), args.gpu)
-    for key in ("scale_range", "mean", "std", "milestones"):
+    for key in ("scale_range", "mean", "std", "milestones", "tta_scales"):
         if key in given:
             given[key] = tuple(given[key])
     if "eval_size" in given:

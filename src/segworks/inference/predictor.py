@@ -132,14 +132,18 @@ def options_from_checkpoint(
     tile: Sequence[int] | int | None = None,
     long_side: int | None = None,
     threshold: float | None = None,
+    tta_flip: bool | None = None,
+    tta_scales: Sequence[float] | None = None,
     **fields,
 ) -> InferenceOptions:
     """InferenceOptions as the checkpoint's training run implies, with the given values winning.
 
     The one place that reads inference settings from a checkpoint, used by `segworks predict`,
     `segworks eval` and `Predictor.from_checkpoint` alike: `long_side` defaults to the run's
-    (0 turns it off), slide mode without a `tile` uses the training crop, and `threshold`
-    (binary) defaults to the checkpoint's meta, else 0.5. Other `fields` are InferenceOptions'.
+    (0 turns it off), slide mode without a `tile` uses the training crop, `threshold`
+    (binary) defaults to the checkpoint's meta, else 0.5, and `tta_flip` / `tta_scales` to the
+    run's (a recipe may store flip TTA; ``tta_flip=False, tta_scales=(1,)`` is plain). Other
+    `fields` are InferenceOptions'.
     """
     config = checkpoint.get("config") or {}
     meta = checkpoint.get("meta") or {}
@@ -152,8 +156,18 @@ def options_from_checkpoint(
         long_side = config.get("long_side")
     if threshold is None:
         threshold = meta.get("threshold", 0.5)
+    if tta_flip is None:
+        tta_flip = bool(config.get("tta_flip", False))
+    if tta_scales is None:
+        tta_scales = tuple(config.get("tta_scales") or (1.0,))
     return InferenceOptions(
-        mode=mode, tile=tile, long_side=long_side or None, threshold=threshold, **fields
+        mode=mode,
+        tile=tile,
+        long_side=long_side or None,
+        threshold=threshold,
+        tta_flip=tta_flip,
+        tta_scales=tta_scales,
+        **fields,
     )
 
 
