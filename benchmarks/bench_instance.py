@@ -121,6 +121,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--score", type=Path, metavar="CHECKPOINT",
                         help="no training: score this checkpoint on the val part of the one "
                              "dataset given with --datasets")  # fmt: skip
+    parser.add_argument("--eval-min-size", type=int, metavar="N",
+                        help="score at this shorter side (the longer side's cap scaled alike) "
+                             "instead of the training size")  # fmt: skip
     parser.add_argument("--pretrained", action="store_true",
                         help="fine-tune the MobileNetV2 ImageNet encoder (PRETRAINED)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -327,13 +330,18 @@ def score_checkpoint(name: str, source: Path, val_count: int, checkpoint: Path, 
                                      validate=args.validate, draw=args.draw)  # fmt: skip
     saved = load_checkpoint(checkpoint)
     model = model_from_checkpoint(saved, checkpoint)
+    if args.eval_min_size:
+        rescale_input(model, args.eval_min_size)
     val = InstanceDataset(instance_set, val_idx, min_size=None)  # original resolution
     metrics = evaluate_model(model, val, torch.device("cpu"), desc=f"{name} val")
     kwargs = saved.get("model_kwargs", {})
+    size = f"{kwargs.get('min_size', '?')}/{kwargs.get('max_size', '?')}"
+    if args.eval_min_size:
+        size += f" at {model.transform.min_size[0]}/{model.transform.max_size}"
     return {
         "dataset": name,
         "model": saved.get("model_name", "?"),
-        "size": f"{kwargs.get('min_size', '?')}/{kwargs.get('max_size', '?')}",
+        "size": size,
         "train": len(train_idx),
         "val": len(val_idx),
         "val_instances": sum(len(instance_set.records[i].instances) for i in val_idx),
@@ -345,6 +353,15 @@ def score_checkpoint(name: str, source: Path, val_count: int, checkpoint: Path, 
         "per_class_mask_ap": metrics["segm"]["per_class"],
         "val_loss": metrics["loss"],
     }
+
+
+def rescale_input(model, min_size: int) -> None:
+    """Run the detector at shorter side `min_size`, its longer-side cap scaled by the same
+    factor (torchvision's transform resizes every image it is given)."""
+    transform = model.transform
+    factor = min_size / transform.min_size[-1]
+    transform.min_size = (min_size,)
+    transform.max_size = round(transform.max_size * factor)
 
 
 def prepare_train(instance_set, indices: list[int], recipe: dict, folder: Path) -> Path:

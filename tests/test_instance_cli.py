@@ -188,3 +188,22 @@ def test_reset_classifier_keeps_all_but_the_class_layers(run):
 
 def _config(**values) -> TrainConfig:
     return TrainConfig(task="instance", data="unused", min_size=SIZE, max_size=SIZE, **values)
+
+
+def test_min_size_test_reaches_the_checkpoint_and_bad_values_exit_2(run, tmp_path, capsys):
+    """`--min-size-test N` is a builder keyword saved with the model, so eval and predict
+    rebuild it at that size; 0 is refused in one line before any training."""
+    from segworks.engine.instance import instance_model_kwargs
+    from segworks.models import model_from_checkpoint
+
+    cfg = TrainConfig(data=str(run["train"]), task="instance", model="maskrcnn_tiny",
+                      min_size=SIZE, max_size=SIZE, min_size_test=2 * SIZE)  # fmt: skip
+    kwargs = instance_model_kwargs(cfg, num_classes=3)
+    assert kwargs["min_size_test"] == 2 * SIZE
+    saved = load_checkpoint(run["checkpoint"])
+    saved["model_kwargs"] = saved["model_kwargs"] | {"min_size_test": 2 * SIZE}
+    model = model_from_checkpoint(saved).eval()
+    assert model.transform.min_size == (2 * SIZE,) and model.transform.max_size == 2 * SIZE
+    base = ["train", "--task", "instance", *TINY, "-e", "1", *RUNTIME, "--out", str(tmp_path)]
+    _one_line_error(capsys, [*base, "--data", str(run["train"]), "--min-size-test", "0"],
+                    "min_size_test must be a positive number of pixels, got 0")  # fmt: skip

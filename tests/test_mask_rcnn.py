@@ -221,3 +221,31 @@ def test_unknown_backbone_weights_file_is_a_data_error(tmp_path):
     Path(tmp_path / "junk.pth").write_text("not torch")
     with pytest.raises(DataError, match="not a weights file"):
         maskrcnn_r50_fpn(num_classes=2, weights=tmp_path / "junk.pth")
+
+
+def test_eval_mode_runs_at_the_test_size_and_training_at_the_train_size():
+    """`min_size_test` (Detectron's MIN_SIZE_TEST): the backbone sees the image at that shorter
+    side in eval mode, at `min_size` in training; the longer side's cap scales alike."""
+    from segworks.errors import SegworksError
+
+    torch.manual_seed(0)
+    model = maskrcnn_tiny(num_classes=2, min_size=64, max_size=128, min_size_test=96)
+    seen = []
+    model.backbone.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+    image = torch.rand(3, 50, 100)
+    target = {"boxes": torch.tensor([[10.0, 10.0, 40.0, 40.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros(1, 50, 100, dtype=torch.uint8)}  # fmt: skip
+    target["masks"][0, 10:40, 10:40] = 1
+    model.eval()
+    with torch.no_grad():
+        model([image])
+    assert model.transform.min_size == (96,) and model.transform.max_size == 192
+    assert seen[-1][-2:] == (96, 192)  # 50x100 -> shorter side 96
+    model.train()
+    model([image], [target])
+    assert seen[-1][-2:] == (64, 128)
+    plain = maskrcnn_tiny(num_classes=2, min_size=64, max_size=128).eval()
+    assert plain.transform.min_size == (64,) and plain.transform.max_size == 128
+    for bad in (0, -5, 1.5, "448"):
+        with pytest.raises(SegworksError, match="min_size_test must be a positive number"):
+            maskrcnn_tiny(num_classes=2, min_size_test=bad)

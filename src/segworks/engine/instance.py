@@ -120,6 +120,9 @@ def build_instance_data(cfg: TrainConfig) -> Data:
         raise SegworksError("--data is required for instance segmentation")
     instance_set = read_instances(Path(cfg.data), fmt=cfg.instance_format)
     sizes = {"min_size": cfg.min_size, "max_size": cfg.max_size or DEFAULT_MAX_SIZE}
+    val_sizes = sizes  # the model resizes again, to its eval size (`min_size_test`)
+    if cfg.min_size_test or cfg.max_size_test:
+        val_sizes = {"min_size": cfg.min_size_test or cfg.min_size, "max_size": DEFAULT_MAX_SIZE}
     hflip = 0.5 if cfg.hflip else 0.0
     if cfg.val_data:
         val_source = read_instances(Path(cfg.val_data), fmt=cfg.instance_format)
@@ -128,11 +131,11 @@ def build_instance_data(cfg: TrainConfig) -> Data:
                 cfg.val_data, f"classes {val_source.class_names} differ from the training set"
             )
         train_set = InstanceDataset(instance_set, hflip=hflip, **sizes)
-        val_set = InstanceDataset(val_source, **sizes)
+        val_set = InstanceDataset(val_source, **val_sizes)
     else:
         train_idx, val_idx = instance_set.split(cfg.val_split, seed=VAL_SPLIT_SEED)
         train_set = InstanceDataset(instance_set, train_idx, hflip=hflip, **sizes)
-        val_set = InstanceDataset(instance_set, val_idx, **sizes)
+        val_set = InstanceDataset(instance_set, val_idx, **val_sizes)
     if cfg.epoch_repeats > 1:
         train_set = ConcatDataset([train_set] * cfg.epoch_repeats)
     return Data(meta=instance_set, train_set=train_set, val_set=val_set if len(val_set) else None)
@@ -149,7 +152,7 @@ def instance_model_kwargs(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
         "roi_size": int(cfg.roi_size),
         "freeze_bn": bool(cfg.freeze_bn or cfg.bn2affine or cfg.backbone_weights or pretrained),
     }
-    for key in ("min_size", "max_size"):
+    for key in ("min_size", "max_size", "min_size_test", "max_size_test"):
         if getattr(cfg, key) is not None:
             kwargs[key] = int(getattr(cfg, key))
     return kwargs | cfg.model_kwargs

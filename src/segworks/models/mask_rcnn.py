@@ -88,11 +88,30 @@ CLASSIFIER_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mas
 
 
 class SegMaskRCNN(MaskRCNN):
-    """torchvision's MaskRCNN with a mask loss weight and a BatchNorm-safe loss evaluation."""
+    """torchvision's MaskRCNN with a mask loss weight, a BatchNorm-safe loss evaluation and,
+    as Detectron's MIN_SIZE_TEST / MAX_SIZE_TEST, its own input size in eval mode."""
 
-    def __init__(self, backbone: nn.Module, *, mask_loss_weight: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        mask_loss_weight: float = 1.0,
+        min_size_test: int | None = None,
+        max_size_test: int | None = None,
+        **kwargs,
+    ):
         super().__init__(backbone, **kwargs)
         self.mask_loss_weight = float(mask_loss_weight)
+        self.train_sizes = (self.transform.min_size, self.transform.max_size)
+        self.test_sizes = eval_sizes(self.train_sizes, min_size_test, max_size_test)
+
+    def train(self, mode: bool = True) -> SegMaskRCNN:
+        """Sets the mode, and the transform's input size with it (`test_sizes` in eval)."""
+        super().train(mode)
+        self.transform.min_size, self.transform.max_size = (
+            self.train_sizes if mode else self.test_sizes
+        )
+        return self
 
     def forward(self, images, targets=None):
         output = super().forward(images, targets)
@@ -115,6 +134,20 @@ class SegMaskRCNN(MaskRCNN):
         finally:
             for module, mode in modes.items():
                 module.training = mode
+
+
+def eval_sizes(
+    train_sizes: tuple[tuple[int, ...], int], min_size: int | None, max_size: int | None
+) -> tuple[tuple[int, ...], int]:
+    """(min_size, max_size) in eval mode: torchvision's (the last training shorter side, the
+    same cap) unless given; a shorter side given alone scales the longer side's cap with it."""
+    for name, value in (("min_size_test", min_size), ("max_size_test", max_size)):
+        if value is not None and (type(value) is not int or value < 1):
+            raise SegworksError(f"{name} must be a positive number of pixels, got {value!r}")
+    train_min, train_max = train_sizes[0][-1], train_sizes[1]
+    shorter = int(min_size) if min_size else train_min
+    longer = int(max_size) if max_size else round(train_max * shorter / train_min)
+    return (shorter,), longer
 
 
 class C4BoxHead(nn.Module):
