@@ -12,7 +12,8 @@ instance` (segworks.engine.train.train) for `--minutes` of training, then the la
 checkpoint is scored once on the val images at their original resolution with pycocotools'
 COCOeval: box and mask AP, AP50, AP75. `--validate` chooses settings without the val images:
 the train part is split again the same way (balloon: 37 train / 12 held out) and the held-out
-train images are scored (`--draw K` holds out another random draw of them).
+train images are scored (`--draw K` holds out another random draw of them). `--score CKPT`
+scores a kept checkpoint (`--keep DIR`) again, `--eval-min-size N` at another test size.
 
 The budget: one calibration epoch is trained and timed first (not counted), then the run gets
 as many whole epochs as fit `--minutes`, refitted from its own first epoch (`fit_minutes`: a
@@ -356,12 +357,12 @@ def score_checkpoint(name: str, source: Path, val_count: int, checkpoint: Path, 
 
 
 def rescale_input(model, min_size: int) -> None:
-    """Run the detector at shorter side `min_size`, its longer-side cap scaled by the same
-    factor (torchvision's transform resizes every image it is given)."""
-    transform = model.transform
-    factor = min_size / transform.min_size[-1]
-    transform.min_size = (min_size,)
-    transform.max_size = round(transform.max_size * factor)
+    """Score the detector at shorter side `min_size`, its longer-side cap scaled by the same
+    factor: the model's `min_size_test` as if it had been built with it."""
+    from segworks.models.mask_rcnn import eval_sizes
+
+    model.test_sizes = eval_sizes(model.train_sizes, min_size, None)
+    model.eval()
 
 
 def prepare_train(instance_set, indices: list[int], recipe: dict, folder: Path) -> Path:

@@ -148,3 +148,14 @@ def test_the_split_of_the_real_datasets(shared_datasets):
         train, val = split_indices(len(instance_set.records), val_count, seed=0)
         assert len(train) + len(val) == len(instance_set.records)
         assert {"balloon": 61, "fruits_nuts": 18}[name] == len(instance_set.records)
+
+
+def test_eval_min_size_rescales_the_eval_input_only():
+    from segworks.models.mask_rcnn import maskrcnn_tiny
+
+    model = maskrcnn_tiny(num_classes=2, min_size=64, max_size=128)
+    bench.rescale_input(model, 96)
+    model.eval()  # the evaluation loop sets eval mode again: the size must survive it
+    assert model.transform.min_size == (96,) and model.transform.max_size == 192
+    model.train()
+    assert model.transform.min_size == (64,) and model.transform.max_size == 128
