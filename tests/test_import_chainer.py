@@ -185,9 +185,11 @@ def _run(command: list[str], what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def chainer_python(request) -> Path:
-    """Python of a virtual environment with Chainer and numpy < 2 (kept in the pytest cache)."""
-    root = Path(request.config.cache.mkdir("chainer-venv"))
+def chainer_python(request, tmp_path_factory) -> Path:
+    """Python of a virtual environment with Chainer and numpy < 2 (kept in the pytest cache;
+    in a temporary folder when the cache is off, `-p no:cacheprovider`)."""
+    cache = getattr(request.config, "cache", None)
+    root = Path(cache.mkdir("chainer-venv")) if cache else tmp_path_factory.mktemp("chainer-venv")
     python = root / "bin" / "python"
     check = [str(python), "-c", "import chainer, numpy; assert numpy.__version__ < '2'"]
     if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
