@@ -212,13 +212,11 @@ def score(checkpoint: Path, dataset, size=None, tta: list[str] = ()) -> dict:
     model = model_from_checkpoint(saved, checkpoint).eval()
     scores = score_model(model, saved, dataset, size) | {"step": saved.get("step")}
     if tta:
-        scales = {text: tuple(float(v) for v in text.split(",")) for text in tta}
-        scores["miou_tta"] = {
-            text: score_with(model, saved, dataset, size=size, tta_flip=True, tta_scales=value)[
-                "miou"
-            ]
-            for text, value in scales.items()
-        }
+        scores["miou_tta"] = {}
+        for text in tta:
+            scales = tuple(float(v) for v in text.split(","))
+            flipped = score_with(model, saved, dataset, size=size, tta_flip=True, tta_scales=scales)
+            scores["miou_tta"][text] = flipped["miou"]
     return scores
 
 
@@ -226,20 +224,23 @@ def score_model(model, saved: dict, dataset, size: tuple[int, int] | None = None
     """`score` of a model given apart from its checkpoint's meta and config (`saved`)."""
     plain = score_with(model, saved, dataset, size=size)
     flipped = score_with(model, saved, dataset, size=size, tta_flip=True)
-    stored = bool((saved.get("config") or {}).get("tta_flip"))  # what `segworks eval` reports
+    from segworks.inference.predictor import stored_tta
+
+    stored = stored_tta(saved) == (True, (1.0,))  # flip TTA is what `segworks eval` reports
     return {"miou": plain["miou"], "iou": [round(v, 4) for v in plain["iou"]],
             "miou_flip": flipped["miou"], "flip_stored": stored}  # fmt: skip
 
 
 def score_with(model, saved: dict, dataset, **option_fields) -> dict:
-    """The evaluation loop's result for one set of InferenceOptions fields, at the training
-    run's long side (if it had one)."""
+    """The evaluation loop's result for one set of InferenceOptions fields (plain unless they
+    set TTA), with the other inference settings the checkpoint implies (its run's long side),
+    as `segworks eval` reads them."""
     from segworks.engine.evaluate import evaluate
-    from segworks.inference import InferenceOptions
+    from segworks.inference.predictor import options_from_checkpoint
 
     meta = saved["meta"]
-    long_side = (saved.get("config") or {}).get("long_side")
-    options = InferenceOptions(long_side=long_side, **option_fields)
+    plain = {"tta_flip": False, "tta_scales": (1.0,)}
+    options = options_from_checkpoint(saved, **(plain | option_fields))
     return evaluate(model, dataset, meta, mean=meta["mean"], std=meta["std"], options=options,
                     progress=False)  # fmt: skip
 

@@ -232,6 +232,7 @@ def test_cli_eval_reports_the_tta_the_run_stored(registered, tmp_path, capsys):
     assert by_default["tta"]["confusion_matrix"] == asked["tta"]["confusion_matrix"]
     assert by_default["tta"]["confusion_matrix"] != by_default["plain"]["confusion_matrix"]
     assert set(report(stored, "--no-tta")) == {"plain"}
+    assert set(report(stored, "--no-tta-flip")) == {"plain"}  # nothing stored is left to run
     capsys.readouterr()
     assert main(["eval", str(stored), "--data", str(data), "--no-tta", "--tta"]) == 2
     assert "--no-tta" in capsys.readouterr().err

@@ -130,11 +130,13 @@ def tta_requested(args: argparse.Namespace) -> bool:
 def use_tta(args: argparse.Namespace, checkpoint: dict) -> bool:
     """Whether to run the augmented variant: asked for by the flags, or stored by the
     checkpoint's run (`TrainConfig.tta_flip` / `tta_scales`) and not turned off by --no-tta."""
+    from segworks.inference.predictor import stored_tta
+
     if tta_requested(args):
         return True
-    config = checkpoint.get("config") or {}
-    stored = bool(config.get("tta_flip")) or list(config.get("tta_scales") or [1.0]) != [1.0]
-    return stored and not getattr(args, "no_tta", False)
+    flip, scales = stored_tta(checkpoint)
+    flip = flip and not args.no_tta_flip  # what tta_fields will run
+    return (flip or scales != (1.0,)) and not getattr(args, "no_tta", False)
 
 
 def tta_fields(args: argparse.Namespace, tta: bool) -> dict:

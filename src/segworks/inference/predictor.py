@@ -156,19 +156,23 @@ def options_from_checkpoint(
         long_side = config.get("long_side")
     if threshold is None:
         threshold = meta.get("threshold", 0.5)
-    if tta_flip is None:
-        tta_flip = bool(config.get("tta_flip", False))
-    if tta_scales is None:
-        tta_scales = tuple(config.get("tta_scales") or (1.0,))
+    stored_flip, stored_scales = stored_tta(checkpoint)
     return InferenceOptions(
         mode=mode,
         tile=tile,
         long_side=long_side or None,
         threshold=threshold,
-        tta_flip=tta_flip,
-        tta_scales=tta_scales,
+        tta_flip=stored_flip if tta_flip is None else tta_flip,
+        tta_scales=stored_scales if tta_scales is None else tta_scales,
         **fields,
     )
+
+
+def stored_tta(checkpoint: dict) -> tuple[bool, tuple[float, ...]]:
+    """(flip, scales) of the TTA the checkpoint's run stored (`TrainConfig.tta_flip` /
+    `tta_scales`); (False, (1.0,)) is none."""
+    config = checkpoint.get("config") or {}
+    return bool(config.get("tta_flip", False)), tuple(config.get("tta_scales") or (1.0,))
 
 
 @dataclass
