@@ -204,13 +204,20 @@ def score(checkpoint: Path, dataset, size=None, tta: list[str] = ()) -> dict:
     """mIoU and per-class IoU at the original resolution, from the checkpoint alone (at the
     training run's long side, if it had one), plain and with flip TTA (`miou_flip`), and the
     optimizer steps the run took (`step`); `tta` adds flip TTA at each listed set of scales
-    ("0.75,1,1.25") under `miou_tta`."""
+    ("0.75,1,1.25") under `miou_tta`. A model with a class-presence head is scored with its
+    gate off and on as well (`presence_gate_false`, `presence_gate_true`)."""
     from segworks.checkpoint import load_checkpoint
     from segworks.models import model_from_checkpoint
 
     saved = load_checkpoint(checkpoint)
     model = model_from_checkpoint(saved, checkpoint).eval()
     scores = score_model(model, saved, dataset, size) | {"step": saved.get("step")}
+    if getattr(model, "presence_head", None) is not None:  # the class-presence gate off and on
+        built = model.presence_gate
+        for gate in (False, True):
+            model.presence_gate = gate
+            scores[f"presence_gate_{str(gate).lower()}"] = score_model(model, saved, dataset, size)
+        model.presence_gate = built
     if tta:
         scores["miou_tta"] = {}
         for text in tta:

@@ -518,3 +518,22 @@ def test_torch_block_is_effective(tmp_path):
         timeout=120,
     )
     assert result.returncode != 0 and "torch" in result.stderr
+
+
+def test_onnx_parity_with_the_class_presence_gate(tmp_path):
+    """The gate is part of the exported graph: the exported logits are the gated ones."""
+    torch.manual_seed(0)
+    kwargs = EXPORT_KWARGS["unet_resnet"] | {"presence_head": True, "presence_gate": True}
+    model = build_model("unet_resnet", num_classes=3, **kwargs)
+    _calibrate_batchnorm(model)
+    path = tmp_path / "gated.onnx"
+    report = export_model(model, path, format="onnx", size=SIZE, metadata=META)
+    assert report["passed"] and report["max_abs_logit_diff"] < 1e-3
+    x = torch.randn(1, 3, *SIZE)
+    with torch.no_grad():
+        gated = model(x)["out"]
+        model.presence_gate = False
+        plain = model(x)["out"]
+    exported = _ort(path, x.numpy())[0]
+    np.testing.assert_allclose(exported, gated.numpy(), atol=1e-3)
+    assert not np.allclose(exported, plain.numpy(), atol=1e-3)

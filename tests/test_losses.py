@@ -7,10 +7,12 @@ import torch.nn.functional as F
 from segworks.losses import (
     binary_cross_entropy,
     class_pixel_counts,
+    class_presence,
     criterion,
     cross_entropy,
     dice_loss,
     median_frequency_weights,
+    presence_loss,
     segmentation_loss,
 )
 
@@ -144,6 +146,28 @@ def test_criterion_adds_weighted_aux_loss():
     assert torch.allclose(criterion({"out": logits}, target), main)
     with pytest.raises(ValueError, match="'out'"):
         criterion({"logits": logits}, target)
+
+
+def test_class_presence_counts_only_labelled_pixels():
+    target = torch.full((3, 4, 5), 255)
+    target[0, 0, 0], target[0, 1, 1] = 0, 2
+    target[1, 2, 3] = 1
+    expected = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(class_presence(target, 3), expected)
+
+
+def test_presence_loss_is_bce_on_the_classes_present_and_criterion_weights_it():
+    logits, target, _ = make_batch(9)
+    presence = torch.randn(target.shape[0], logits.shape[1])
+    truth = torch.stack([torch.bincount(t[t != 255], minlength=4) > 0 for t in target]).float()
+    expected = F.binary_cross_entropy_with_logits(presence, truth)
+    torch.testing.assert_close(presence_loss(presence, target), expected)
+    outputs = {"out": logits, "presence": presence}
+    main = segmentation_loss(logits, target)
+    torch.testing.assert_close(
+        criterion(outputs, target, presence_weight=0.5), main + 0.5 * expected
+    )
+    torch.testing.assert_close(criterion(outputs, target, presence_weight=0.0), main)
 
 
 def test_bad_targets_and_loss_names_raise_value_error():

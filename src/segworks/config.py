@@ -72,6 +72,7 @@ class TrainConfig:
     loss: str = "ce"
     class_weights: str = "none"  # "none" | "median" (median-frequency balancing)
     aux_weight: float = 0.4
+    presence_weight: float = 0.2  # class-presence loss, for a model built with presence_head
     ema_decay: float = 0.0  # > 0: validate, save and predict with an EMA of the weights
     max_minutes: float | None = None  # stop (and checkpoint) after this much training time
     fit_minutes: float | None = None  # refit `epochs` after epoch 1 so the run takes this long
@@ -166,6 +167,8 @@ class TrainConfig:
             raise SegworksError(f"val_split must be a fraction in [0, 1), got {self.val_split}")
         if self.long_side is not None and self.long_side < 8:
             raise SegworksError(f"long_side must be >= 8 pixels, got {self.long_side}")
+        if not self.presence_weight >= 0:
+            raise SegworksError(f"presence_weight must be >= 0, got {self.presence_weight}")
         if not self.backbone_lr_mult >= 0:
             raise SegworksError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
         if self.freeze_backbone_epochs < 0:
@@ -207,7 +210,8 @@ INSTANCE_ONLY = ("gamma", "roi_size", "min_size", "max_size", "min_size_test", "
 SEMANTIC_ONLY = (
     "train_list", "train_images", "train_annotations", "mask_format", "ignore_index",
     "class_names", "reduce_zero_label", "num_classes", "train_split", "val_name", "skip_bad",
-    "freeze_backbone_epochs", "loss", "class_weights", "aux_weight", "crop_size", "scale_range",
+    "freeze_backbone_epochs", "loss", "class_weights", "aux_weight", "presence_weight",
+    "crop_size", "scale_range",
     "jitter", "dihedral", "long_side", "eval_size", "channels_last", "compile", "tta_flip",
     "tta_scales",
 )  # fmt: skip

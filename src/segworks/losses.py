@@ -23,10 +23,12 @@ __all__ = [
     "LOSSES",
     "binary_cross_entropy",
     "class_pixel_counts",
+    "class_presence",
     "criterion",
     "cross_entropy",
     "dice_loss",
     "median_frequency_weights",
+    "presence_loss",
     "segmentation_loss",
 ]
 
@@ -202,17 +204,39 @@ def criterion(
     *,
     loss: str = "ce",
     aux_weight: float = 0.4,
+    presence_weight: float = 0.2,
     class_weights: Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
-    """Loss of a model's output dict: ``loss(out) + aux_weight * loss(aux)`` (aux if present)."""
+    """Loss of a model's output dict: ``loss(out) + aux_weight * loss(aux)`` (aux if present)
+    ``+ presence_weight * presence_loss(presence)`` (if the model has a class-presence head)."""
     if "out" not in outputs:
         raise ValueError(f"model outputs must contain 'out', got keys {sorted(outputs)}")
     kwargs = {"loss": loss, "class_weights": class_weights, "ignore_index": ignore_index}
     total = segmentation_loss(outputs["out"], target, **kwargs)
     if "aux" in outputs and aux_weight:
         total = total + aux_weight * segmentation_loss(outputs["aux"], target, **kwargs)
+    if "presence" in outputs and presence_weight:
+        presence = presence_loss(outputs["presence"], target, ignore_index=ignore_index)
+        total = total + presence_weight * presence
     return total
+
+
+def class_presence(target: Tensor, num_classes: int, *, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """``float[B, K]``: 1 where class k has at least one (non-ignored) pixel in image b."""
+    labels = target.reshape(target.shape[0], -1).long()
+    valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+    present = torch.zeros(target.shape[0], num_classes + 1, device=target.device)
+    present.scatter_(1, torch.where(valid, labels, num_classes), 1.0)
+    return present[:, :num_classes]
+
+
+def presence_loss(logits: Tensor, target: Tensor, *, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Binary cross-entropy of per-image class-presence logits ``[B, K]`` against the classes
+    present in the label maps ``[B, H, W]`` (the "semantic encoding loss" of EncNet, Zhang et
+    al., CVPR 2018): a mean over images and classes."""
+    truth = class_presence(target, logits.shape[1], ignore_index=ignore_index)
+    return F.binary_cross_entropy_with_logits(logits.float(), truth)
 
 
 def class_pixel_counts(

@@ -107,6 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--loss", choices=LOSSES)
     optim.add_argument("--class-weights", choices=("none", "median"))
     optim.add_argument("--aux-weight", type=float)
+    optim.add_argument("--presence-weight", type=float,
+                       help="class-presence loss weight (a model built with presence_head=true)")  # fmt: skip
     optim.add_argument("--ema-decay", type=float, metavar="D",
                        help="validate, save and predict with a moving average of the weights "
                        "(decay D, e.g. 0.99; 0 = off)")  # fmt: skip

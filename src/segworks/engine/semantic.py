@@ -63,6 +63,7 @@ class SemanticTask:
             targets,
             loss=cfg.loss,
             aux_weight=cfg.aux_weight,
+            presence_weight=cfg.presence_weight,
             class_weights=data.class_weights,
             ignore_index=IGNORE_INDEX,
         )

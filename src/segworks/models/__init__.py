@@ -1,7 +1,7 @@
 """The model registry: plain dicts from name to a keyword-only builder, one per task.
 
-SEMANTIC_MODELS return {"out": logits (N, K, H, W) at input resolution, "aux": ... optional};
-binary models are semantic models with num_classes=1 (one logit channel). INSTANCE_MODELS follow
+SEMANTIC_MODELS return {"out": logits (N, K, H, W) at input resolution, "aux": ... optional,
+"presence": image-level class logits (N, K), optional}; binary models are semantic models with num_classes=1 (one logit channel). INSTANCE_MODELS follow
 torchvision's detection dict contract (see models/mask_rcnn.py). `MODELS` holds both and
 `model_task(name)` says which task an entry serves. `model_from_checkpoint` rebuilds a registered
 model from a segworks checkpoint (see segworks.checkpoint for the layout).

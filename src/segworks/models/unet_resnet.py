@@ -31,6 +31,7 @@ __all__ = [
     "DecoderBlock",
     "EncoderUNet",
     "UNetDecoder",
+    "gate_by_presence",
     "unet_efficientnet_lite0",
     "unet_efficientnet_lite1",
     "unet_efficientnet_lite2",
@@ -88,24 +89,57 @@ class UNetDecoder(nn.Module):
 
 
 class EncoderUNet(nn.Module):
-    """Encoder pyramid -> U-Net decoder -> 3x3 classifier; {"out": logits at input size}."""
+    """Encoder pyramid -> U-Net decoder -> 3x3 classifier; {"out": logits at input size}.
 
-    classifier_names = ("segmentation_head",)
+    With a class-presence head (smp's `aux_params` classification head, trained as EncNet's
+    semantic encoding loss), the deepest feature map is averaged and a linear layer gives one
+    logit per class, "does this class occur in the image" (`{"presence": [N, K]}`). With
+    `presence_gate`, inference multiplies each pixel's class probabilities by the image's
+    presence probabilities (`gate_by_presence`); training always sees the ungated logits.
+    """
 
-    def __init__(self, encoder: nn.Module, decoder: UNetDecoder, num_classes: int):
+    classifier_names = ("segmentation_head", "presence_head")
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: UNetDecoder,
+        num_classes: int,
+        *,
+        presence_head: bool = False,
+        presence_gate: bool = False,
+    ):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         width = decoder.blocks[-1].conv2[0].out_channels
         self.segmentation_head = nn.Sequential(nn.Conv2d(width, num_classes, 3, padding=1))
+        deepest = encoder.pyramid_channels[-1]
+        self.presence_head = nn.Linear(deepest, num_classes) if presence_head else None
+        self.presence_gate = presence_gate
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        decoded = self.decoder(self.encoder.pyramid(x), x.shape[-2:])
-        return {"out": self.segmentation_head(decoded)}
+        features = self.encoder.pyramid(x)
+        logits = self.segmentation_head(self.decoder(features, x.shape[-2:]))
+        if self.presence_head is None:
+            return {"out": logits}
+        presence = self.presence_head(features[-1].mean(dim=(2, 3)))
+        if self.presence_gate and not self.training:
+            logits = gate_by_presence(logits, presence)
+        return {"out": logits, "presence": presence}
 
     @torch.no_grad()
     def reset_classifier(self) -> None:
         self.segmentation_head[0].reset_parameters()
+        if self.presence_head is not None:
+            self.presence_head.reset_parameters()
+
+
+def gate_by_presence(logits: Tensor, presence: Tensor) -> Tensor:
+    """Logits whose softmax is ``p(k | pixel) * sigmoid(presence_k)``, renormalised: a class the
+    image-level head finds absent loses its pixels to the next most likely class."""
+    gate = F.logsigmoid(presence.to(logits.dtype))[:, :, None, None]
+    return torch.log_softmax(logits, dim=1) + gate
 
 
 def unet_resnet(
@@ -115,11 +149,15 @@ def unet_resnet(
     in_channels: int = 3,
     decoder_channels: Sequence[int] = DECODER_CHANNELS,
     backbone_weights: Path | str | None = None,
+    presence_head: bool = False,
+    presence_gate: bool = False,
 ) -> EncoderUNet:
     """U-Net on an encoder of `segworks.models.encoders`, smp's `Unet` layout.
 
     `decoder_channels` are the five decoder block widths, deepest first. `backbone_weights` is an
     ImageNet state dict file for the encoder (e.g. torchvision's `resnet34-b627a593.pth`).
+    `presence_head` adds the image-level class-presence head (`EncoderUNet`), trained with the
+    `presence_weight` of the training config; `presence_gate` uses it at inference.
     """
     if encoder not in ENCODERS:
         raise SegworksError(
@@ -133,9 +171,16 @@ def unet_resnet(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if any(not isinstance(c, int) or c < 1 for c in decoder_channels):
         raise ValueError(f"decoder_channels must be positive integers, got {decoder_channels}")
+    if presence_gate and not presence_head:
+        raise SegworksError("presence_gate=True needs presence_head=True (the gate is its output)")
+    if presence_head and num_classes < 2:
+        raise SegworksError(
+            f"presence_head needs a softmax model (num_classes >= 2), got num_classes={num_classes}"
+        )
     backbone = build_encoder(encoder, in_channels=in_channels, weights=backbone_weights)
     decoder = UNetDecoder(backbone.pyramid_channels, decoder_channels)
-    return EncoderUNet(backbone, decoder, num_classes)
+    presence = {"presence_head": presence_head, "presence_gate": presence_gate}
+    return EncoderUNet(backbone, decoder, num_classes, **presence)
 
 
 def unet_resnet34(*, num_classes: int, **kwargs) -> EncoderUNet:
