@@ -176,8 +176,27 @@ def test_presence_gate_hands_an_absent_class_pixels_to_the_next_class():
 def test_presence_options_refused_where_they_cannot_work():
     with pytest.raises(ValueError, match="presence_gate=True needs presence_head=True"):
         unet_resnet(num_classes=3, encoder="resnet18", presence_gate=True)
-    with pytest.raises(ValueError, match="num_classes >= 2"):
-        unet_resnet(num_classes=1, encoder="resnet18", presence_head=True)
+
+
+def test_binary_model_presence_gate_is_the_two_class_rule_with_background_always_present():
+    from segworks.losses import presence_loss
+    from segworks.models.unet_resnet import gate_by_presence
+
+    torch.manual_seed(0)
+    model = unet_resnet(num_classes=1, encoder="resnet18", decoder_channels=(8, 8, 8, 8, 8),
+                        presence_head=True, presence_gate=True).eval()  # fmt: skip
+    with torch.no_grad():
+        outputs = model(torch.randn(2, 3, 32, 32))
+    assert outputs["out"].shape == (2, 1, 32, 32) and outputs["presence"].shape == (2, 1)
+    logits, presence = torch.randn(2, 1, 4, 5), torch.randn(2, 1)
+    p, s = logits.sigmoid(), presence.sigmoid()[:, :, None, None]
+    expected = p * s / (p * s + (1 - p))  # p(fg) * s, p(bg) * 1, renormalised
+    torch.testing.assert_close(gate_by_presence(logits, presence).sigmoid(), expected)
+    target = torch.zeros(2, 4, 5, dtype=torch.long)
+    target[0, 1, 1] = 1  # foreground in image 0 only
+    truth = torch.tensor([[1.0], [0.0]])
+    expected_loss = F.binary_cross_entropy_with_logits(presence, truth)
+    torch.testing.assert_close(presence_loss(presence, target), expected_loss)
 
 
 def colour_squares(batch: int, generator: torch.Generator, size: int = 32) -> tuple:

@@ -234,8 +234,12 @@ def class_presence(target: Tensor, num_classes: int, *, ignore_index: int = IGNO
 def presence_loss(logits: Tensor, target: Tensor, *, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Binary cross-entropy of per-image class-presence logits ``[B, K]`` against the classes
     present in the label maps ``[B, H, W]`` (the "semantic encoding loss" of EncNet, Zhang et
-    al., CVPR 2018): a mean over images and classes."""
-    truth = class_presence(target, logits.shape[1], ignore_index=ignore_index)
+    al., CVPR 2018): a mean over images and classes. One logit (a binary model) is "the
+    foreground (label 1) occurs"."""
+    if logits.shape[1] == 1:
+        truth = class_presence(target, 2, ignore_index=ignore_index)[:, 1:]
+    else:
+        truth = class_presence(target, logits.shape[1], ignore_index=ignore_index)
     return F.binary_cross_entropy_with_logits(logits.float(), truth)
 
 

@@ -137,8 +137,12 @@ class EncoderUNet(nn.Module):
 
 def gate_by_presence(logits: Tensor, presence: Tensor) -> Tensor:
     """Logits whose softmax is ``p(k | pixel) * sigmoid(presence_k)``, renormalised: a class the
-    image-level head finds absent loses its pixels to the next most likely class."""
+    image-level head finds absent loses its pixels to the next most likely class. One channel (a
+    binary model, background present everywhere) is the same rule: ``logit + log sigmoid(presence)``.
+    """
     gate = F.logsigmoid(presence.to(logits.dtype))[:, :, None, None]
+    if logits.shape[1] == 1:
+        return logits + gate
     return torch.log_softmax(logits, dim=1) + gate
 
 
@@ -173,10 +177,6 @@ def unet_resnet(
         raise ValueError(f"decoder_channels must be positive integers, got {decoder_channels}")
     if presence_gate and not presence_head:
         raise SegworksError("presence_gate=True needs presence_head=True (the gate is its output)")
-    if presence_head and num_classes < 2:
-        raise SegworksError(
-            f"presence_head needs a softmax model (num_classes >= 2), got num_classes={num_classes}"
-        )
     backbone = build_encoder(encoder, in_channels=in_channels, weights=backbone_weights)
     decoder = UNetDecoder(backbone.pyramid_channels, decoder_channels)
     presence = {"presence_head": presence_head, "presence_gate": presence_gate}
