@@ -124,3 +124,22 @@ def test_ddp_run_with_the_weight_average_validates_the_saved_average(shapes, tmp
         not torch.equal(v, checkpoint["train_model"][k]) for k, v in checkpoint["model"].items()
     )
     assert checkpoint["metrics"]["miou"] == single_process_metrics(checkpoint)["miou"]
+
+
+@pytest.mark.parametrize("presence_weight", [1.0, 0.0])
+def test_ddp_trains_the_presence_head_and_lets_it_idle_at_weight_zero(
+    shapes, tmp_path, presence_weight
+):
+    """A presence head whose loss weight is 0 gets no gradient: DDP is told so instead of
+    failing on the second step; with weight 1 the head's weights move."""
+    out = tmp_path / "presence"
+    kwargs = {"encoder": "resnet18", "decoder_channels": [8, 8, 8, 8, 8], "presence_head": True}
+    cfg = ddp_config(shapes, out, model="unet_resnet", model_kwargs=kwargs, epochs=1,
+                     presence_weight=presence_weight)  # fmt: skip
+    launch(cfg)
+    trained = load_checkpoint(out / "last.pt")["model"]["presence_head.weight"]
+    torch.manual_seed(cfg.seed)
+    from segworks.models import build_model
+
+    start = build_model("unet_resnet", num_classes=3, **kwargs).state_dict()
+    assert torch.equal(trained, start["presence_head.weight"]) == (presence_weight == 0)

@@ -163,9 +163,9 @@ def setup(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device) -> Run:
     loader = train_loader(cfg, data.train_set, info, 0, collate=task.collate)
     steps_per_epoch = max(1, len(loader) // cfg.accum_steps)
     amp_dtype, scaler = amp_settings(cfg, device)
-    wrapped = ddp.wrap_model(
-        model, info, device, sync_bn=cfg.sync_bn, find_unused=cfg.freeze_backbone_epochs > 0
-    )
+    unused_head = cfg.model_kwargs.get("presence_head") and not cfg.presence_weight
+    find_unused = cfg.freeze_backbone_epochs > 0 or bool(unused_head)
+    wrapped = ddp.wrap_model(model, info, device, sync_bn=cfg.sync_bn, find_unused=find_unused)
     run = Run(
         cfg=cfg,
         task=task,
