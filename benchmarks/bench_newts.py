@@ -33,6 +33,7 @@ import concurrent.futures
 import json
 import logging
 import multiprocessing
+import shutil
 import statistics
 import tempfile
 import time
@@ -96,6 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recipe-epochs", action="store_true",
                         help="train the recipe's own epochs when the budget holds more (the "
                         "budget is then a cap, not a target)")  # fmt: skip
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="copy each run's last checkpoint to DIR (seed<S>[_fold<K>].pt)")  # fmt: skip
     parser.add_argument("--tta-scales", nargs="+", default=[], metavar="S,S,...",
                         help="also score with flip TTA at these scales, e.g. 0.75,1,1.25")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -149,8 +152,20 @@ def run_recipe(options: dict, seed: int) -> dict:
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         test = val_samples if options["validate"] else source.splits["test"]
         scores = score(run_dir / "last.pt", source.dataset(test), tta=options["tta_scales"])
+        keep(run_dir / "last.pt", options, seed)
     return {"seed": seed, "epochs": cfg.epochs, "train_min": wall / 60, "cpu_min": cpu / 60,
             **scores}  # fmt: skip
+
+
+def keep(checkpoint: Path, options: dict, seed: int) -> None:
+    """`--keep DIR`: the run's last checkpoint outlives its temporary folder."""
+    if options.get("keep") is None:
+        return
+    fold = (
+        "" if options.get("fold") is None or not options["validate"] else f"_fold{options['fold']}"
+    )
+    options["keep"].mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, options["keep"] / f"seed{seed}{fold}.pt")
 
 
 def held_out_set(options: dict) -> None:

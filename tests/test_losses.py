@@ -11,6 +11,7 @@ from segworks.losses import (
     criterion,
     cross_entropy,
     dice_loss,
+    lovasz_softmax,
     median_frequency_weights,
     presence_loss,
     segmentation_loss,
@@ -42,6 +43,9 @@ LOSS_FUNCTIONS = {
     "dice": (4, lambda x, t: dice_loss(x, t)),
     "dice_binary": (1, lambda x, t: dice_loss(x, t)),
     "ce+dice": (4, lambda x, t: segmentation_loss(x, t, loss="ce+dice")),
+    "lovasz": (4, lambda x, t: lovasz_softmax(x, t)),
+    "lovasz_binary": (1, lambda x, t: lovasz_softmax(x, t)),
+    "ce+lovasz": (4, lambda x, t: segmentation_loss(x, t, loss="ce+lovasz")),
 }
 
 
@@ -113,6 +117,44 @@ def test_dice_equals_direct_formula():
     assert torch.allclose(dice_loss(logits, target), 1 - dice.mean(), atol=1e-6)
 
 
+def test_lovasz_on_a_hard_prediction_is_one_minus_the_mean_iou_of_the_present_classes():
+    _, target, _ = make_batch(3, k=3)
+    generator = torch.Generator().manual_seed(4)
+    counted = target != 255
+
+    def hard_loss_and_iou(pred):
+        logits = 80.0 * F.one_hot(pred, 3).permute(0, 3, 1, 2).double()  # softmax = one-hot
+        p, t = pred[counted], target[counted]
+        ious = [((p == c) & (t == c)).sum() / ((p == c) | (t == c)).sum() for c in t.unique()]
+        return lovasz_softmax(logits, target).item(), 1 - torch.stack(ious).mean().item()
+
+    noisy = torch.where(torch.rand(target.shape, generator=generator) < 0.5, 0, target.clamp(max=2))
+    closer = torch.where(
+        torch.rand(target.shape, generator=generator) < 0.1, 0, target.clamp(max=2)
+    )
+    loss, expected = hard_loss_and_iou(noisy)
+    assert loss == pytest.approx(expected, abs=1e-6)  # IoUs counted in float32
+    better, expected_better = hard_loss_and_iou(closer)
+    assert better == pytest.approx(expected_better, abs=1e-6)
+    assert better < loss - 0.1  # control: the closer prediction has the smaller loss
+
+
+def test_lovasz_equals_smp_lovasz_loss_and_its_gradient():
+    smp_losses = pytest.importorskip("segmentation_models_pytorch.losses")
+    logits, target, _ = make_batch(5, k=4)
+    reference = smp_losses.LovaszLoss("multiclass", per_image=False, ignore_index=255)
+    loss, grad = loss_and_grad(lovasz_softmax, logits, target)
+    expected, expected_grad = loss_and_grad(reference, logits, target)
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert torch.allclose(grad, expected_grad, atol=1e-7)
+
+
+def test_one_channel_lovasz_is_the_two_class_loss_of_background_zero_and_the_logit():
+    logits, target, _ = make_batch(6, k=1)
+    two_class = torch.cat([torch.zeros_like(logits), logits], dim=1)  # softmax = (1 - p, p)
+    assert torch.allclose(lovasz_softmax(logits, target), lovasz_softmax(two_class, target))
+
+
 def test_class_weights_shift_the_loss_towards_the_weighted_class():
     logits, target, _ = make_batch(6)
     only_class_2 = cross_entropy(logits, target, class_weights=torch.tensor([0.0, 0.0, 1.0, 0.0]))
@@ -127,7 +169,7 @@ def test_class_weights_shift_the_loss_towards_the_weighted_class():
 def test_all_ignore_target_gives_zero_loss_and_zero_gradient():
     logits = torch.randn(1, 3, 4, 4, requires_grad=True)
     target = torch.full((1, 4, 4), 255)
-    for loss_name in ("ce", "dice", "ce+dice"):
+    for loss_name in ("ce", "dice", "ce+dice", "lovasz", "ce+lovasz"):
         loss = segmentation_loss(logits, target, loss=loss_name)
         assert torch.isfinite(loss)
         if loss_name == "ce":

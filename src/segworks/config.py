@@ -16,7 +16,7 @@ from segworks.errors import SegworksError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("step", "poly", "cosine", "multistep", "constant")
-LOSSES = ("ce", "dice", "ce+dice")
+LOSSES = ("ce", "dice", "ce+dice", "lovasz", "ce+lovasz")
 TASKS = ("semantic", "binary", "instance")
 
 # Keys that name weight files: useful to build the model once, never saved in a checkpoint.

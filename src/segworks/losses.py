@@ -27,12 +27,13 @@ __all__ = [
     "criterion",
     "cross_entropy",
     "dice_loss",
+    "lovasz_softmax",
     "median_frequency_weights",
     "presence_loss",
     "segmentation_loss",
 ]
 
-LOSSES = ("ce", "dice", "ce+dice")
+LOSSES = ("ce", "dice", "ce+dice", "lovasz", "ce+lovasz")
 
 
 def _check_target(
@@ -158,6 +159,40 @@ def dice_loss(
     return 1 - dice.mean()
 
 
+def lovasz_softmax(logits: Tensor, target: Tensor, *, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Lovász-softmax loss (Berman, Triki and Blaschko, CVPR 2018): the convex Lovász extension
+    of the Jaccard loss ``1 - IoU_c``, evaluated on the softmax probabilities and averaged over
+    the classes present in the target (the paper's default), over all non-ignored pixels of
+    the batch. On one-hot probabilities it equals ``1 - mean IoU`` of that hard prediction.
+    One channel: the sigmoid gives the two classes ``(1 - p, p)``.
+    """
+    valid = _check_target(logits, target, ignore_index)
+    if logits.shape[1] == 1:
+        prob = torch.sigmoid(logits)
+        prob = torch.cat([1 - prob, prob], dim=1)
+    else:
+        prob = torch.softmax(logits, dim=1)
+    prob = prob.permute(0, 2, 3, 1)[valid]  # (P, K) counted pixels
+    labels = target[valid]
+    losses = [_lovasz_class(prob[:, c], labels == c) for c in torch.unique(labels).tolist()]
+    if not losses:
+        return logits.sum() * 0.0
+    return torch.stack(losses).mean()
+
+
+def _lovasz_class(prob: Tensor, truth: Tensor) -> Tensor:
+    """The Lovász extension of one class's Jaccard loss at the errors ``|truth - prob|``."""
+    truth = truth.to(prob.dtype)
+    errors, order = (truth - prob).abs().sort(descending=True)
+    truth = truth[order]
+    total = truth.sum()
+    intersection = total - truth.cumsum(0)
+    union = total + (1 - truth).cumsum(0)
+    jaccard = 1 - intersection / union
+    steps = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+    return torch.dot(errors, steps.detach())
+
+
 def segmentation_loss(
     logits: Tensor,
     target: Tensor,
@@ -166,7 +201,8 @@ def segmentation_loss(
     class_weights: Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
-    """``loss`` in "ce", "dice", "ce+dice" (sum). One-channel logits use BCE in place of CE.
+    """``loss`` in "ce", "dice", "ce+dice", "lovasz", "ce+lovasz" (sums). One-channel logits
+    use BCE in place of CE.
 
     For one channel, ``class_weights`` (if given) are ``[background, foreground]`` and become
     ``pos_weight = w[1] / w[0]``.
@@ -178,6 +214,8 @@ def segmentation_loss(
         total = total + _ce_or_bce(logits, target, class_weights, ignore_index)
     if "dice" in loss.split("+"):
         total = total + dice_loss(logits, target, ignore_index=ignore_index)
+    if "lovasz" in loss.split("+"):
+        total = total + lovasz_softmax(logits, target, ignore_index=ignore_index)
     return total
 
 
