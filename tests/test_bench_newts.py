@@ -38,13 +38,16 @@ def test_table_reports_the_mean_and_the_spread_over_seeds():
     assert lines[-2].endswith("0.7000  <- the recipe's own (stored in its checkpoints)")
 
 
-def test_a_tiny_run_trains_and_scores_the_test_split(shared_datasets, capsys):
+def test_a_tiny_run_trains_and_scores_the_test_split(shared_datasets, capsys, tmp_path):
     newts = shared_datasets / "newts"
     if not (newts / "train").is_dir():
         pytest.skip("no newts dataset")
     argv = ["--data", str(newts), "--seeds", "0", "--minutes", "0.05", "--threads", "1",
-            "--clock", "cpu", "--set", "epoch_repeats=1", "--set", "batch_size=4"]  # fmt: skip
+            "--clock", "cpu", "--set", "epoch_repeats=1", "--set", "batch_size=4",
+            "--keep", str(tmp_path / "kept")]  # fmt: skip
     assert bench.main(argv) == 0
+    kept = torch.load(tmp_path / "kept" / "seed0.pt", map_location="cpu", weights_only=False)
+    assert kept["meta"]["class_names"] == ["background", "akahara", "madara"]  # --keep
     out = capsys.readouterr().out
     assert "train -> test" in out
     line = next(x for x in out.splitlines() if x.startswith("mean mIoU") and "seeds" in x)
