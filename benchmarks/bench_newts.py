@@ -161,17 +161,17 @@ def keep(checkpoint: Path, options: dict, seed: int) -> None:
     """`--keep DIR`: the run's last checkpoint outlives its temporary folder."""
     if options.get("keep") is None:
         return
-    fold = (
-        "" if options.get("fold") is None or not options["validate"] else f"_fold{options['fold']}"
-    )
+    fold = held_out_fold(options)
+    name = f"seed{seed}.pt" if fold is None else f"seed{seed}_fold{fold}.pt"
     options["keep"].mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(checkpoint, options["keep"] / f"seed{seed}{fold}.pt")
+    shutil.copyfile(checkpoint, options["keep"] / name)
 
 
 def held_out_set(options: dict) -> None:
     """`--fold K`: the engine's train/val carve becomes fold K of 4 (in this process): images
     K and K + 4 (in name order) of every folder are held out, so each species loses two."""
-    if options.get("fold") is None or not options["validate"]:
+    fold = held_out_fold(options)
+    if fold is None:
         return
     import segworks.engine.semantic as semantic
 
@@ -179,10 +179,16 @@ def held_out_set(options: dict) -> None:
         by_folder: dict = {}
         for sample in sorted(splits[cfg.train_split], key=lambda s: s.image):
             by_folder.setdefault(sample.image.parent, []).append(sample)
-        pairs = [(i % 4 == options["fold"], s) for g in by_folder.values() for i, s in enumerate(g)]
+        pairs = [(i % 4 == fold, s) for g in by_folder.values() for i, s in enumerate(g)]
         return [s for out, s in pairs if not out], [s for out, s in pairs if out]
 
     semantic.split_samples = fold_split
+
+
+def held_out_fold(options: dict) -> int | None:
+    """The fold `--validate --fold K` holds out; None when the run scores the test split or
+    the engine's own carve."""
+    return options.get("fold") if options.get("validate") else None
 
 
 def steps_per_epoch(cfg, images: int) -> int:

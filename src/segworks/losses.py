@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segworks import IGNORE_INDEX
+from segworks.config import LOSSES  # one list: TrainConfig and the CLI check names against it
 
 __all__ = [
     "LOSSES",
@@ -32,8 +33,6 @@ __all__ = [
     "presence_loss",
     "segmentation_loss",
 ]
-
-LOSSES = ("ce", "dice", "ce+dice", "lovasz", "ce+lovasz")
 
 
 def _check_target(
