@@ -208,12 +208,13 @@ def segmentation_loss(
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+    terms = loss.split("+")
     total = logits.new_zeros(())
-    if "ce" in loss.split("+"):
+    if "ce" in terms:
         total = total + _ce_or_bce(logits, target, class_weights, ignore_index)
-    if "dice" in loss.split("+"):
+    if "dice" in terms:
         total = total + dice_loss(logits, target, ignore_index=ignore_index)
-    if "lovasz" in loss.split("+"):
+    if "lovasz" in terms:
         total = total + lovasz_softmax(logits, target, ignore_index=ignore_index)
     return total
 
